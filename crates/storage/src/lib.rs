@@ -1,0 +1,141 @@
+//! Content-addressed blob storage.
+//!
+//! A [`BlobStore`] knows digests and upload identifiers, never repositories or
+//! tags: which repository may see which blob is the metadata store's business.
+//! Upload data is staged apart from finished blobs, and a blob becomes readable
+//! only once its bytes are on disk and their digest verified.
+//!
+//! The embedded default is [`FilesystemStore`]. Other backends implement the
+//! same trait and run the same shared test suite.
+
+mod filesystem;
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use kai_oci::Digest;
+
+pub use filesystem::FilesystemStore;
+
+/// A stream of blob bytes, read from storage or received from a client.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// The identifier of an upload session: a UUID, so it is safe in a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn generate() -> Self {
+        UploadId(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for UploadId {
+    type Err = uuid::Error;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let parsed = uuid::Uuid::parse_str(input)?;
+        // Only the canonical hyphenated lower-case form names an upload.
+        if parsed.hyphenated().to_string() != input {
+            return Err(uuid::Uuid::parse_str("not-a-uuid").unwrap_err());
+        }
+        Ok(UploadId(input.to_owned()))
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// An inclusive byte range within a blob, already checked against its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    /// The last byte, inclusive.
+    pub end: u64,
+}
+
+impl ByteRange {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("the upload has no staged data (it expired, was cancelled or finished)")]
+    UploadUnknown,
+    #[error("the upload holds {actual} bytes, but {expected} were acknowledged; restart the upload")]
+    UploadDataLost { expected: u64, actual: u64 },
+    #[error("the uploaded content has digest {actual}, not {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("the request body ended early or failed: {0}")]
+    Body(String),
+    #[error("the upload exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// What a finished write to an upload reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes this write appended.
+    pub bytes: u64,
+    /// The upload's total size afterwards.
+    pub size: u64,
+}
+
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// The size of a stored blob, or `None` when it is not stored.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+
+    /// A stream of the blob's bytes (all of them, or one range), or `None`
+    /// when it is not stored.
+    async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<Option<ByteStream>>;
+
+    /// Removes a stored blob. Removing a blob that is not stored is not an error.
+    async fn delete_blob(&self, digest: &Digest) -> Result<()>;
+
+    /// Creates empty staging space for a new upload.
+    async fn start_upload(&self, upload: &UploadId) -> Result<()>;
+
+    /// Appends `data` to an upload whose acknowledged size is `offset`, and makes
+    /// it durable before returning. Bytes beyond `offset` left by an earlier
+    /// failed write are discarded first. With `limit`, the write fails once
+    /// more than `limit` bytes arrive.
+    async fn write_upload(
+        &self,
+        upload: &UploadId,
+        offset: u64,
+        data: ByteStream,
+        limit: Option<u64>,
+    ) -> Result<Written>;
+
+    /// Verifies that the first `size` bytes of the upload have digest
+    /// `expected` and makes them the stored blob of that digest. On a mismatch
+    /// nothing is stored and the staged data is removed.
+    async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()>;
+
+    /// Removes an upload's staged data. Removing unknown uploads is not an error.
+    async fn cancel_upload(&self, upload: &UploadId) -> Result<()>;
+
+    /// Every upload that has staged data, for clean-up at start.
+    async fn list_uploads(&self) -> Result<Vec<UploadId>>;
+}
