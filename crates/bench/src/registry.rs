@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LINK, LOCATION, RANGE};
+use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use url::Url;
 
@@ -333,6 +333,3 @@ fn preview(body: &[u8]) -> String {
         text
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: LINK, _: LOCATION) {}

@@ -257,7 +257,7 @@ impl Target {
         let layer_digest = sha256_digest(&layer);
         self.registry.push_small_blob(MANIFESTS, config.clone(), &config_digest).await.context("setting up the manifest fixture")?;
         self.registry.push_small_blob(MANIFESTS, layer.clone(), &layer_digest).await.context("setting up the manifest fixture")?;
-        let manifest = Manifest::new(image_manifest(&config_digest, config.len(), &[(&layer_digest, layer.len())], None));
+        let manifest = Manifest::new(image_manifest(&config_digest, config.len(), &[(&layer_digest, layer.len())]));
         self.registry.put_manifest(MANIFESTS, "latest", &manifest).await.context("setting up the manifest fixture")?;
         self.manifest_fixture = Some(manifest.clone());
         Ok(manifest)
@@ -348,7 +348,7 @@ impl Target {
     async fn populate(&mut self, sizes: &Sizes) -> Result<Measured> {
         let config = Bytes::from_static(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"bench":"listing"}"#);
         let config_digest = sha256_digest(&config);
-        let manifest = Manifest::new(image_manifest(&config_digest, config.len(), &[], None));
+        let manifest = Manifest::new(image_manifest(&config_digest, config.len(), &[]));
         self.registry.push_small_blob(TAGS, config.clone(), &config_digest).await?;
         let registry = &self.registry;
         let started = Instant::now();
@@ -559,19 +559,15 @@ pub fn percentile(values: &[Duration], q: f64) -> Duration {
     values[rank - 1]
 }
 
-fn image_manifest(config: &str, config_size: usize, layers: &[(&str, usize)], annotations: Option<serde_json::Value>) -> serde_json::Value {
-    let mut manifest = json!({
+fn image_manifest(config: &str, config_size: usize, layers: &[(&str, usize)]) -> serde_json::Value {
+    json!({
         "schemaVersion": 2,
         "mediaType": crate::registry::OCI_MANIFEST,
         "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size },
         "layers": layers.iter().map(|(digest, size)| json!({
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size
         })).collect::<Vec<_>>(),
-    });
-    if let Some(annotations) = annotations {
-        manifest["annotations"] = annotations;
-    }
-    manifest
+    })
 }
 
 fn tag_name(i: usize) -> String {

@@ -1,0 +1,591 @@
+//! The registry's metadata: repositories, which blobs each may see, manifests
+//! (stored byte for byte), tags, referrers and upload sessions.
+//!
+//! Queries are written once in SQL that SQLite and PostgreSQL both run, through
+//! sqlx's `Any` driver. This crate never touches blob bytes.
+//!
+//! Writes that must stay consistent (a manifest with its references and tags)
+//! run in one transaction, so a crash leaves either all of it or none.
+
+use std::collections::BTreeSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kai_oci::{Digest, RepositoryName};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Connection, Executor, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("metadata database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}; use sqlite://PATH")]
+    UnsupportedUrl(String),
+}
+
+impl MetaError {
+    /// Whether the database could not be reached (as opposed to refusing a
+    /// query): worth a retry by the client.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            MetaError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+            )
+        )
+    }
+}
+
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// A manifest as stored.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub content: Vec<u8>,
+}
+
+/// A manifest whose `subject` is another manifest, as the referrers API lists it.
+#[derive(Debug, Clone)]
+pub struct Referrer {
+    pub digest: String,
+    pub media_type: String,
+    pub size: i64,
+    pub artifact_type: Option<String>,
+    /// The manifest's annotations as a JSON object, if it has any.
+    pub annotations: Option<String>,
+}
+
+/// A reference from a manifest to a blob or a child manifest, with the size
+/// the manifest claims for it.
+#[derive(Debug, Clone)]
+pub struct ContentReference {
+    pub digest: Digest,
+    pub size: i64,
+}
+
+/// Everything stored with a new manifest, in one transaction.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    pub repository: &'a RepositoryName,
+    pub digest: &'a Digest,
+    pub media_type: &'a str,
+    pub content: &'a [u8],
+    pub artifact_type: Option<&'a str>,
+    pub subject: Option<&'a Digest>,
+    pub annotations: Option<String>,
+    pub blobs: &'a [ContentReference],
+    pub manifests: &'a [ContentReference],
+    pub tags: &'a [String],
+}
+
+/// Why a manifest was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestRejection {
+    BlobUnknown(Digest),
+    ManifestUnknown(Digest),
+    SizeMismatch { digest: Digest, claimed: i64, stored: i64 },
+}
+
+/// What deleting something that others may depend on did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    /// Still referenced by this manifest, so nothing was deleted.
+    ReferencedBy(String),
+}
+
+/// An upload session.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub id: String,
+    pub repository: String,
+    /// Bytes acknowledged so far.
+    pub size: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The metadata store. SQLite gets a single writer connection (SQLite admits one
+/// writer at a time; queuing in the pool is cheaper than lock retries) and
+/// several reader connections.
+#[derive(Clone)]
+pub struct MetaStore {
+    reader: AnyPool,
+    writer: AnyPool,
+}
+
+impl MetaStore {
+    /// Opens the database at `url` (`sqlite://PATH`), creating it if needed,
+    /// and applies pending migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        if !url.starts_with("sqlite:") {
+            return Err(MetaError::UnsupportedUrl(url.to_owned()));
+        }
+        let url = if url.contains('?') {
+            url.to_owned()
+        } else {
+            format!("{url}?mode=rwc")
+        };
+        let options: AnyConnectOptions = url.parse()?;
+        let pool_options = || {
+            AnyPoolOptions::new().after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection
+                        .execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    Ok(())
+                })
+            })
+        };
+        let writer = pool_options()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        SQLITE_MIGRATIONS.run(&writer).await?;
+        let reader = pool_options()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        Ok(MetaStore { reader, writer })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        let mut connection = self.reader.acquire().await?;
+        connection.ping().await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    pub async fn repository_exists(&self, repository: &RepositoryName) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM repositories WHERE name = $1")
+            .bind(repository.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// The size of a blob if the repository may see it.
+    pub async fn repository_blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
+        let row = sqlx::query(
+            "SELECT blobs.size FROM repository_blobs JOIN blobs ON blobs.digest = repository_blobs.digest \
+             WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2",
+        )
+        .bind(repository.as_str())
+        .bind(digest.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(|row| row.get::<i64, _>(0) as u64))
+    }
+
+    /// Records that a verified blob is stored and visible in `repository`.
+    pub async fn link_blob(&self, repository: &RepositoryName, digest: &Digest, size: u64) -> Result<()> {
+        self.link_blob_finishing(repository, digest, size, None).await
+    }
+
+    /// Records a verified blob as [`MetaStore::link_blob`] does and, in the same
+    /// transaction, ends the upload session that delivered it.
+    pub async fn finish_upload(
+        &self,
+        upload: &str,
+        repository: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        self.link_blob_finishing(repository, digest, size, Some(upload)).await
+    }
+
+    async fn link_blob_finishing(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+        upload: Option<&str>,
+    ) -> Result<()> {
+        let now = now();
+        let mut transaction = self.writer.begin().await?;
+        if let Some(upload) = upload {
+            sqlx::query("DELETE FROM uploads WHERE id = $1")
+                .bind(upload)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        ensure_repository(&mut transaction, repository, now).await?;
+        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(digest.to_string())
+            .bind(size as i64)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(
+            "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repository, digest) DO NOTHING",
+        )
+        .bind(repository.as_str())
+        .bind(digest.to_string())
+        .bind(now)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Makes a blob visible in `repository`, if `from` may see it. Returns the
+    /// blob's size, or `None` when `from` has no such blob.
+    pub async fn mount_blob(
+        &self,
+        repository: &RepositoryName,
+        from: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let Some(size) = self.repository_blob(from, digest).await? else {
+            return Ok(None);
+        };
+        self.link_blob(repository, digest, size).await?;
+        Ok(Some(size))
+    }
+
+    /// Removes a blob from a repository, unless a manifest there refers to it.
+    pub async fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<DeleteOutcome> {
+        let mut transaction = self.writer.begin().await?;
+        let referenced = sqlx::query(
+            "SELECT parent FROM manifest_references WHERE repository = $1 AND kind = 'blob' AND child = $2 LIMIT 1",
+        )
+        .bind(repository.as_str())
+        .bind(digest.to_string())
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(row) = referenced {
+            return Ok(DeleteOutcome::ReferencedBy(row.get(0)));
+        }
+        let deleted = sqlx::query("DELETE FROM repository_blobs WHERE repository = $1 AND digest = $2")
+            .bind(repository.as_str())
+            .bind(digest.to_string())
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(if deleted.rows_affected() > 0 {
+            DeleteOutcome::Deleted
+        } else {
+            DeleteOutcome::NotFound
+        })
+    }
+
+    pub async fn manifest_by_digest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query("SELECT digest, media_type, content FROM manifests WHERE repository = $1 AND digest = $2")
+            .bind(repository.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(stored_manifest))
+    }
+
+    pub async fn manifest_by_tag(&self, repository: &RepositoryName, tag: &str) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT manifests.digest, manifests.media_type, manifests.content FROM tags \
+             JOIN manifests ON manifests.repository = tags.repository AND manifests.digest = tags.digest \
+             WHERE tags.repository = $1 AND tags.name = $2",
+        )
+        .bind(repository.as_str())
+        .bind(tag)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(stored_manifest))
+    }
+
+    /// Stores a manifest with its references and tags, after checking in the same
+    /// transaction that everything it refers to is present with the claimed size.
+    pub async fn put_manifest(&self, manifest: NewManifest<'_>) -> Result<Result<(), ManifestRejection>> {
+        let now = now();
+        let repository = manifest.repository.as_str();
+        let mut transaction = self.writer.begin().await?;
+        for blob in manifest.blobs {
+            let row = sqlx::query(
+                "SELECT blobs.size FROM repository_blobs JOIN blobs ON blobs.digest = repository_blobs.digest \
+                 WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2",
+            )
+            .bind(repository)
+            .bind(blob.digest.to_string())
+            .fetch_optional(&mut *transaction)
+            .await?;
+            match row.map(|row| row.get::<i64, _>(0)) {
+                None => return Ok(Err(ManifestRejection::BlobUnknown(blob.digest.clone()))),
+                Some(stored) if stored != blob.size => {
+                    return Ok(Err(ManifestRejection::SizeMismatch {
+                        digest: blob.digest.clone(),
+                        claimed: blob.size,
+                        stored,
+                    }))
+                }
+                Some(_) => {}
+            }
+        }
+        for child in manifest.manifests {
+            let row = sqlx::query("SELECT size FROM manifests WHERE repository = $1 AND digest = $2")
+                .bind(repository)
+                .bind(child.digest.to_string())
+                .fetch_optional(&mut *transaction)
+                .await?;
+            match row.map(|row| row.get::<i64, _>(0)) {
+                None => return Ok(Err(ManifestRejection::ManifestUnknown(child.digest.clone()))),
+                Some(stored) if stored != child.size => {
+                    return Ok(Err(ManifestRejection::SizeMismatch {
+                        digest: child.digest.clone(),
+                        claimed: child.size,
+                        stored,
+                    }))
+                }
+                Some(_) => {}
+            }
+        }
+        ensure_repository(&mut transaction, manifest.repository, now).await?;
+        let digest = manifest.digest.to_string();
+        let inserted = sqlx::query(
+            "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (repository, digest) DO NOTHING",
+        )
+        .bind(repository)
+        .bind(&digest)
+        .bind(manifest.media_type)
+        .bind(manifest.artifact_type)
+        .bind(manifest.subject.map(|subject| subject.to_string()))
+        .bind(manifest.annotations.as_deref())
+        .bind(manifest.content.len() as i64)
+        .bind(manifest.content)
+        .bind(now)
+        .execute(&mut *transaction)
+        .await?;
+        if inserted.rows_affected() > 0 {
+            let references: BTreeSet<(&str, String)> = manifest
+                .blobs
+                .iter()
+                .map(|blob| ("blob", blob.digest.to_string()))
+                .chain(manifest.manifests.iter().map(|child| ("manifest", child.digest.to_string())))
+                .collect();
+            for (kind, child) in references {
+                sqlx::query("INSERT INTO manifest_references (repository, parent, kind, child) VALUES ($1, $2, $3, $4)")
+                    .bind(repository)
+                    .bind(&digest)
+                    .bind(kind)
+                    .bind(child)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
+        for tag in manifest.tags {
+            sqlx::query(
+                "INSERT INTO tags (repository, name, digest, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (repository, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(repository)
+            .bind(tag)
+            .bind(&digest)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Deletes a manifest and the tags naming it, unless an index in the same
+    /// repository lists it.
+    pub async fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<DeleteOutcome> {
+        let digest = digest.to_string();
+        let mut transaction = self.writer.begin().await?;
+        let exists = sqlx::query("SELECT 1 FROM manifests WHERE repository = $1 AND digest = $2")
+            .bind(repository.as_str())
+            .bind(&digest)
+            .fetch_optional(&mut *transaction)
+            .await?;
+        if exists.is_none() {
+            return Ok(DeleteOutcome::NotFound);
+        }
+        let parent = sqlx::query(
+            "SELECT parent FROM manifest_references WHERE repository = $1 AND kind = 'manifest' AND child = $2 LIMIT 1",
+        )
+        .bind(repository.as_str())
+        .bind(&digest)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(row) = parent {
+            return Ok(DeleteOutcome::ReferencedBy(row.get(0)));
+        }
+        for statement in [
+            "DELETE FROM tags WHERE repository = $1 AND digest = $2",
+            "DELETE FROM manifest_references WHERE repository = $1 AND parent = $2",
+            "DELETE FROM manifests WHERE repository = $1 AND digest = $2",
+        ] {
+            sqlx::query(statement)
+                .bind(repository.as_str())
+                .bind(&digest)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    /// Removes a tag; the manifest stays. Returns whether the tag existed.
+    pub async fn delete_tag(&self, repository: &RepositoryName, tag: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM tags WHERE repository = $1 AND name = $2")
+            .bind(repository.as_str())
+            .bind(tag)
+            .execute(&self.writer)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// Up to `limit` tags after `last`, in byte order.
+    pub async fn tags(&self, repository: &RepositoryName, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM tags WHERE repository = $1 AND name > $2 ORDER BY name LIMIT $3")
+            .bind(repository.as_str())
+            .bind(last.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Up to `limit` repository names after `last`, in byte order.
+    pub async fn repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(last.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+
+    /// Manifests in `repository` whose subject is `subject`, optionally only
+    /// those of one artifact type, ordered by digest.
+    pub async fn referrers(
+        &self,
+        repository: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let rows = sqlx::query(
+            "SELECT digest, media_type, size, artifact_type, annotations FROM manifests \
+             WHERE repository = $1 AND subject = $2 AND ($3 = '' OR artifact_type = $3) ORDER BY digest",
+        )
+        .bind(repository.as_str())
+        .bind(subject.to_string())
+        .bind(artifact_type.unwrap_or(""))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Referrer {
+                digest: row.get(0),
+                media_type: row.get(1),
+                size: row.get(2),
+                artifact_type: row.get(3),
+                annotations: row.get(4),
+            })
+            .collect())
+    }
+
+    pub async fn create_upload(&self, id: &str, repository: &RepositoryName) -> Result<()> {
+        let now = now();
+        sqlx::query("INSERT INTO uploads (id, repository, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")
+            .bind(id)
+            .bind(repository.as_str())
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
+        let row = sqlx::query("SELECT id, repository, size, created_at, updated_at FROM uploads WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|row| Upload {
+            id: row.get(0),
+            repository: row.get(1),
+            size: row.get::<i64, _>(2) as u64,
+            created_at: row.get(3),
+            updated_at: row.get(4),
+        }))
+    }
+
+    /// Moves an upload's acknowledged size from `from` to `to`. Returns false
+    /// when another request changed it first (or the upload is gone).
+    pub async fn advance_upload(&self, id: &str, from: u64, to: u64) -> Result<bool> {
+        let updated = sqlx::query("UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4")
+            .bind(to as i64)
+            .bind(now())
+            .bind(id)
+            .bind(from as i64)
+            .execute(&self.writer)
+            .await?;
+        Ok(updated.rows_affected() > 0)
+    }
+
+    /// Removes an upload session. Returns whether it existed.
+    pub async fn delete_upload(&self, id: &str) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// Uploads not written to since `before` (unix seconds).
+    pub async fn stale_uploads(&self, before: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM uploads WHERE updated_at < $1")
+            .bind(before)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().map(|row| row.get(0)).collect())
+    }
+}
+
+fn stored_manifest(row: sqlx::any::AnyRow) -> StoredManifest {
+    StoredManifest {
+        digest: row.get(0),
+        media_type: row.get(1),
+        content: row.get(2),
+    }
+}
+
+async fn ensure_repository(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    repository: &RepositoryName,
+    now: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(repository.as_str())
+        .bind(now)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(())
+}
+
+/// Unix seconds now, as the store records times.
+pub fn unix_now() -> i64 {
+    now()
+}

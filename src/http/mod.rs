@@ -1,0 +1,65 @@
+//! HTTP: the OCI Distribution API under `/v2/`, plus health endpoints.
+
+pub mod endpoint;
+pub mod error;
+pub mod v2;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::app::AppState;
+use endpoint::Endpoint;
+use error::ApiError;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readiness))
+        .fallback(dispatch)
+        .layer(axum::middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    match state.meta.ping().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(error) => ApiError::Unavailable(error.into()).into_response(),
+    }
+}
+
+/// Every `/v2/` request: parse the path, then hand it to the endpoint's handler.
+async fn dispatch(State(state): State<AppState>, request: Request<Body>) -> Response {
+    let mut response = match Endpoint::parse(request.uri().path()) {
+        Ok(endpoint) => v2::handle(state, endpoint, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(error) => error.into_response(),
+    };
+    response.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+/// One log line per request at `info`: method, path, status, time taken.
+/// Query strings are left out: they may carry state a client considers private.
+async fn log_request(request: Request<Body>, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    tracing::info!(
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        millis = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,287 @@
+//! `/v2/<name>/blobs/uploads/`: starting, continuing, finishing and cancelling
+//! blob uploads, and cross-repository mounts.
+//!
+//! An upload session is a row in the metadata store (its acknowledged size) and
+//! staged data in the blob store, so a restarted server, or another replica,
+//! continues it. The order of steps keeps crashes harmless: the row is created
+//! before the staged data and removed after it; a blob is linked into the
+//! repository only after the blob store verified and stored it.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use kai_oci::{Digest, RepositoryName};
+use kai_storage::{StorageError, UploadId};
+
+use super::{body_stream, content_length, empty, header, query_value};
+use crate::app::AppState;
+use crate::http::error::{range_header, ApiError};
+
+/// Serialises requests to the same upload within this process, so two chunks
+/// sent at once cannot interleave their writes. Striped: a fixed set of locks,
+/// picked by the upload id's hash.
+pub struct UploadLocks {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Default for UploadLocks {
+    fn default() -> Self {
+        UploadLocks {
+            stripes: (0..128).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+}
+
+impl UploadLocks {
+    pub async fn lock(&self, upload: &UploadId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        upload.hash(&mut hasher);
+        let stripe = (hasher.finish() % self.stripes.len() as u64) as usize;
+        self.stripes[stripe].lock().await
+    }
+}
+
+fn upload_location(name: &RepositoryName, upload: &UploadId) -> String {
+    format!("/v2/{name}/blobs/uploads/{upload}")
+}
+
+fn upload_response(status: StatusCode, name: &RepositoryName, upload: &UploadId, size: u64) -> Response {
+    empty(
+        status,
+        vec![
+            ("location", header(upload_location(name, upload))),
+            ("range", range_header(size)),
+            ("docker-upload-uuid", header(upload.as_str())),
+        ],
+    )
+}
+
+fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
+    empty(
+        StatusCode::CREATED,
+        vec![
+            ("location", header(format!("/v2/{name}/blobs/{digest}"))),
+            ("docker-content-digest", header(digest.to_string())),
+        ],
+    )
+}
+
+fn digest_parameter(query: Option<&str>) -> Result<Option<Digest>, ApiError> {
+    query_value(query, "digest")
+        .map(|text| {
+            text.parse().map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
+                reason: error.to_string(),
+            })
+        })
+        .transpose()
+}
+
+/// `Content-Range` of a chunk: `start-end`, inclusive (a `bytes ` or `bytes=`
+/// prefix is tolerated).
+fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(value) = headers.get("content-range") else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::BlobUploadInvalid {
+        reason: "Content-Range must be <start>-<end>, both inclusive byte offsets".into(),
+    };
+    let text = value.to_str().map_err(|_| invalid())?.trim();
+    let text = text
+        .strip_prefix("bytes=")
+        .or_else(|| text.strip_prefix("bytes "))
+        .unwrap_or(text);
+    let text = text.split('/').next().unwrap_or_default();
+    let (start, end) = text.split_once('-').ok_or_else(invalid)?;
+    let start: u64 = start.trim().parse().map_err(|_| invalid())?;
+    let end: u64 = end.trim().parse().map_err(|_| invalid())?;
+    if end < start {
+        return Err(invalid());
+    }
+    Ok(Some((start, end)))
+}
+
+/// The session of `upload`, which must belong to repository `name`.
+async fn session(state: &AppState, name: &RepositoryName, upload: &UploadId) -> Result<kai_meta::Upload, ApiError> {
+    match state.meta.upload(upload.as_str()).await? {
+        Some(session) if session.repository == name.as_str() => Ok(session),
+        _ => Err(ApiError::BlobUploadUnknown),
+    }
+}
+
+/// Appends the request body to the upload, checking `Content-Range` and
+/// `Content-Length`, and acknowledges the new size. Returns it.
+async fn receive(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+    size: u64,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<u64, ApiError> {
+    let declared_length = content_length(headers);
+    let range = content_range(headers)?;
+    let mut expected = declared_length;
+    if let Some((start, end)) = range {
+        if start != size {
+            return Err(ApiError::ChunkOutOfOrder {
+                size,
+                location: upload_location(name, upload),
+            });
+        }
+        let range_length = end - start + 1;
+        if declared_length.is_some_and(|length| length != range_length) {
+            return Err(ApiError::SizeInvalid {
+                reason: format!(
+                    "Content-Range covers {range_length} bytes but Content-Length is {}",
+                    declared_length.unwrap_or_default()
+                ),
+            });
+        }
+        expected = Some(range_length);
+    }
+    if expected == Some(0) {
+        return Ok(size);
+    }
+    let written = state
+        .blobs
+        .write_upload(upload, size, body_stream(body), expected)
+        .await?;
+    if let Some(expected) = expected {
+        if written.bytes != expected {
+            return Err(ApiError::SizeInvalid {
+                reason: format!("received {} bytes, but {expected} were announced", written.bytes),
+            });
+        }
+    }
+    if !state.meta.advance_upload(upload.as_str(), size, written.size).await? {
+        let current = session(state, name, upload).await?.size;
+        return Err(ApiError::ChunkOutOfOrder {
+            size: current,
+            location: upload_location(name, upload),
+        });
+    }
+    Ok(written.size)
+}
+
+/// Verifies and stores the upload's content as `digest`, links it into the
+/// repository and ends the session.
+async fn complete(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+    size: u64,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
+    match state.blobs.commit_upload(upload, size, digest).await {
+        Ok(()) => {}
+        Err(error @ StorageError::DigestMismatch { .. }) => {
+            // The staged data is gone; the session goes with it.
+            state.meta.delete_upload(upload.as_str()).await?;
+            return Err(error.into());
+        }
+        Err(error) => return Err(error.into()),
+    }
+    state.meta.finish_upload(upload.as_str(), name, digest, size).await?;
+    Ok(blob_created(name, digest))
+}
+
+/// Creates an upload session: the metadata row first, then the staged data.
+async fn open_session(state: &AppState, name: &RepositoryName) -> Result<UploadId, ApiError> {
+    let upload = UploadId::generate();
+    state.meta.create_upload(upload.as_str(), name).await?;
+    if let Err(error) = state.blobs.start_upload(&upload).await {
+        state.meta.delete_upload(upload.as_str()).await?;
+        return Err(error.into());
+    }
+    Ok(upload)
+}
+
+/// Removes a session's staged data, then its row.
+async fn discard_session(state: &AppState, upload: &UploadId) -> Result<(), ApiError> {
+    state.blobs.cancel_upload(upload).await?;
+    state.meta.delete_upload(upload.as_str()).await?;
+    Ok(())
+}
+
+/// `POST /v2/<name>/blobs/uploads/`: a mount (`?mount=&from=`), a monolithic
+/// upload (`?digest=` with the body), or the start of a session.
+pub async fn start(state: &AppState, name: &RepositoryName, request: Request<Body>) -> Result<Response, ApiError> {
+    let query = request.uri().query().map(str::to_owned);
+    let query = query.as_deref();
+    if let Some(mount) = query_value(query, "mount") {
+        let digest: Digest = mount.parse().map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
+            reason: error.to_string(),
+        })?;
+        if let Some(from) = query_value(query, "from") {
+            let from: RepositoryName = from.parse().map_err(|error: kai_oci::NameError| ApiError::NameInvalid {
+                reason: format!("in from: {error}"),
+            })?;
+            if state.meta.mount_blob(name, &from, &digest).await?.is_some() {
+                return Ok(blob_created(name, &digest));
+            }
+        }
+        // Not mountable: the client gets a session to upload the blob instead.
+    } else if let Some(digest) = digest_parameter(query)? {
+        let (parts, body) = request.into_parts();
+        let upload = open_session(state, name).await?;
+        let outcome = async {
+            let size = receive(state, name, &upload, 0, &parts.headers, body).await?;
+            complete(state, name, &upload, size, &digest).await
+        }
+        .await;
+        if outcome.is_err() {
+            discard_session(state, &upload).await?;
+        }
+        return outcome;
+    }
+    let upload = open_session(state, name).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, name, &upload, 0))
+}
+
+/// `GET /v2/<name>/blobs/uploads/<id>`: how much the registry holds.
+pub async fn status(state: &AppState, name: &RepositoryName, upload: &UploadId) -> Result<Response, ApiError> {
+    let session = session(state, name, upload).await?;
+    Ok(upload_response(StatusCode::NO_CONTENT, name, upload, session.size))
+}
+
+/// `PATCH /v2/<name>/blobs/uploads/<id>`: append a chunk (or stream the rest).
+pub async fn patch(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let _guard = state.upload_locks.lock(upload).await;
+    let session = session(state, name, upload).await?;
+    let (parts, body) = request.into_parts();
+    let size = receive(state, name, upload, session.size, &parts.headers, body).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, name, upload, size))
+}
+
+/// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the last chunk, if any, then
+/// verification.
+pub async fn finish(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
+    let digest = digest_parameter(request.uri().query())?.ok_or_else(|| ApiError::DigestInvalid {
+        reason: "the digest query parameter is required to finish an upload".into(),
+    })?;
+    let _guard = state.upload_locks.lock(upload).await;
+    let session = session(state, name, upload).await?;
+    let (parts, body) = request.into_parts();
+    let size = receive(state, name, upload, session.size, &parts.headers, body).await?;
+    complete(state, name, upload, size, &digest).await
+}
+
+/// `DELETE /v2/<name>/blobs/uploads/<id>`: cancel, dropping the staged data.
+pub async fn cancel(state: &AppState, name: &RepositoryName, upload: &UploadId) -> Result<Response, ApiError> {
+    let _guard = state.upload_locks.lock(upload).await;
+    session(state, name, upload).await?;
+    discard_session(state, upload).await?;
+    Ok(empty(StatusCode::NO_CONTENT, vec![]))
+}
