@@ -1,0 +1,303 @@
+//! Every endpoint's success path: status codes and the headers clients rely on.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn base_endpoint_announces_the_api_version() {
+    let registry = TestRegistry::start().await;
+    let response = registry.get("/v2/").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "docker-distribution-api-version"), "registry/2.0");
+    let health = registry.get("/healthz").await;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(registry.get("/readyz").await.status(), StatusCode::OK);
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn monolithic_blob_push_then_head_get_and_ranges() {
+    let registry = TestRegistry::start().await;
+    let bytes: Vec<u8> = (0..100_000u32).map(|index| (index % 251) as u8).collect();
+    let digest = registry.push_blob("team/app", &bytes).await;
+    let path = format!("/v2/team/app/blobs/{digest}");
+
+    let head = registry.request(Method::HEAD, &path).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(header(&head, "content-length"), bytes.len().to_string());
+    assert_eq!(header(&head, "docker-content-digest"), digest);
+
+    let get = registry.get(&path).await;
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(header(&get, "docker-content-digest"), digest);
+    assert_eq!(get.bytes().await.unwrap().as_ref(), bytes.as_slice());
+
+    let ranged = registry
+        .request(Method::GET, &path)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&ranged, "content-range"), format!("bytes 10-19/{}", bytes.len()));
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &bytes[10..20]);
+
+    let suffix = registry
+        .request(Method::GET, &path)
+        .header("range", "bytes=-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suffix.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(suffix.bytes().await.unwrap().as_ref(), &bytes[bytes.len() - 5..]);
+
+    // The blob is visible only in the repository it was pushed to.
+    let elsewhere = registry.get(&format!("/v2/other/blobs/{digest}")).await;
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(elsewhere).await, "BLOB_UNKNOWN");
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_upload_with_status_and_final_chunk() {
+    let registry = TestRegistry::start().await;
+    let bytes: Vec<u8> = (0..30_000u32).map(|index| (index * 7 % 256) as u8).collect();
+    let digest = sha256(&bytes);
+
+    let start = registry
+        .request(Method::POST, "/v2/chunked/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::ACCEPTED);
+    let location = header(&start, "location");
+    assert!(location.starts_with("/v2/chunked/blobs/uploads/"), "{location}");
+    assert_eq!(header(&start, "range"), "0-0");
+    assert!(!header(&start, "docker-upload-uuid").is_empty());
+
+    let mut offset = 0;
+    for chunk in [&bytes[..10_000], &bytes[10_000..25_000]] {
+        let end = offset + chunk.len() - 1;
+        let patch = registry
+            .request(Method::PATCH, &location)
+            .header("content-range", format!("{offset}-{end}"))
+            .header("content-type", "application/octet-stream")
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(patch.status(), StatusCode::ACCEPTED);
+        assert_eq!(header(&patch, "range"), format!("0-{end}"));
+        assert_eq!(header(&patch, "location"), location);
+        offset = end + 1;
+    }
+
+    let status = registry.get(&location).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&status, "range"), "0-24999");
+    assert_eq!(header(&status, "location"), location);
+
+    let finish = registry
+        .request(Method::PUT, &format!("{location}?digest={digest}"))
+        .body(bytes[25_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(finish.status(), StatusCode::CREATED);
+    assert_eq!(header(&finish, "location"), format!("/v2/chunked/blobs/{digest}"));
+    assert_eq!(header(&finish, "docker-content-digest"), digest);
+
+    let get = registry.get(&format!("/v2/chunked/blobs/{digest}")).await;
+    assert_eq!(get.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    // The session ended with the upload.
+    assert_eq!(registry.get(&location).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(registry.stored().await.uploads, 0);
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn streamed_patch_without_content_range_and_put_without_body() {
+    let registry = TestRegistry::start().await;
+    let bytes = b"streamed upload body".repeat(1000);
+    let digest = sha256(&bytes);
+    let start = registry.request(Method::POST, "/v2/streamed/blobs/uploads/").send().await.unwrap();
+    let location = header(&start, "location");
+    let stream = futures::stream::iter(
+        bytes
+            .chunks(4096)
+            .map(|chunk| Ok::<_, std::io::Error>(chunk.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let patch = registry
+        .request(Method::PATCH, &location)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&patch, "range"), format!("0-{}", bytes.len() - 1));
+    let finish = registry
+        .request(Method::PUT, &format!("{location}?digest={digest}"))
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(finish.status(), StatusCode::CREATED);
+    let head = registry
+        .request(Method::HEAD, &format!("/v2/streamed/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&head, "content-length"), bytes.len().to_string());
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn cancelled_upload_is_gone() {
+    let registry = TestRegistry::start().await;
+    let start = registry.request(Method::POST, "/v2/cancel/blobs/uploads/").send().await.unwrap();
+    let location = header(&start, "location");
+    registry
+        .request(Method::PATCH, &location)
+        .body(b"partial".to_vec())
+        .send()
+        .await
+        .unwrap();
+    let cancel = registry.request(Method::DELETE, &location).send().await.unwrap();
+    assert_eq!(cancel.status(), StatusCode::NO_CONTENT);
+    let status = registry.get(&location).await;
+    assert_eq!(status.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(status).await, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(count_files(&registry.data.join("uploads")), 0);
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn manifest_put_get_head_by_tag_and_digest() {
+    let registry = TestRegistry::start().await;
+    let (manifest, digest) = registry.push_image("acme/team/app", "1.0", b"layer bytes").await;
+
+    for reference in ["1.0", digest.as_str()] {
+        let path = format!("/v2/acme/team/app/manifests/{reference}");
+        let get = registry
+            .request(Method::GET, &path)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), StatusCode::OK);
+        assert_eq!(header(&get, "content-type"), OCI_MANIFEST);
+        assert_eq!(header(&get, "docker-content-digest"), digest);
+        assert_eq!(get.bytes().await.unwrap().as_ref(), manifest.as_slice());
+        let head = registry.request(Method::HEAD, &path).send().await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+        assert_eq!(header(&head, "content-length"), manifest.len().to_string());
+        assert_eq!(header(&head, "docker-content-digest"), digest);
+    }
+
+    // PUT by digest answers with the digest and location.
+    let again = registry
+        .put_manifest("acme/team/app", &digest, OCI_MANIFEST, &manifest)
+        .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(header(&again, "docker-content-digest"), digest);
+    assert_eq!(header(&again, "location"), format!("/v2/acme/team/app/manifests/{digest}"));
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn manifest_bytes_are_stored_exactly_as_sent() {
+    let registry = TestRegistry::start().await;
+    let (_, _) = registry.push_image("exact", "base", b"x").await;
+    let stored: Value = serde_json::from_slice(
+        &registry.get("/v2/exact/manifests/base").await.bytes().await.unwrap(),
+    )
+    .unwrap();
+    // The same content with unusual whitespace and key order keeps its own digest.
+    let odd = format!(
+        "{{\n  \"layers\" : {},\n\t\"config\":{},  \"mediaType\":\"{OCI_MANIFEST}\", \"schemaVersion\":2 }}\n",
+        stored["layers"], stored["config"]
+    );
+    let response = registry.put_manifest("exact", "odd", OCI_MANIFEST, odd.as_bytes()).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(header(&response, "docker-content-digest"), sha256(odd.as_bytes()));
+    let served = registry.get("/v2/exact/manifests/odd").await.bytes().await.unwrap();
+    assert_eq!(served.as_ref(), odd.as_bytes());
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn tag_moves_to_the_last_pushed_manifest() {
+    let registry = TestRegistry::start().await;
+    let (_, first) = registry.push_image("moving", "latest", b"one").await;
+    let (_, second) = registry.push_image("moving", "latest", b"two").await;
+    assert_ne!(first, second);
+    let head = registry.request(Method::HEAD, "/v2/moving/manifests/latest").send().await.unwrap();
+    assert_eq!(header(&head, "docker-content-digest"), second);
+    // The first manifest stays reachable by digest.
+    let old = registry.get(&format!("/v2/moving/manifests/{first}")).await;
+    assert_eq!(old.status(), StatusCode::OK);
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn tags_list_is_sorted_and_paginated_with_link() {
+    let registry = TestRegistry::start().await;
+    let (manifest, _) = registry.push_image("paged", "v0", b"layer").await;
+    for tag in ["b", "a", "c", "D", "e_1", "v1.0"] {
+        let response = registry.put_manifest("paged", tag, OCI_MANIFEST, &manifest).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let all: Value = registry.get("/v2/paged/tags/list").await.json().await.unwrap();
+    assert_eq!(all["name"], "paged");
+    assert_eq!(all["tags"], serde_json::json!(["D", "a", "b", "c", "e_1", "v0", "v1.0"]));
+
+    let mut collected = Vec::new();
+    let mut next = Some("/v2/paged/tags/list?n=3".to_owned());
+    while let Some(path) = next.take() {
+        let response = registry.get(&path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let link = header(&response, "link");
+        let page: Value = response.json().await.unwrap();
+        let tags = page["tags"].as_array().unwrap();
+        assert!(tags.len() <= 3);
+        collected.extend(tags.iter().map(|tag| tag.as_str().unwrap().to_owned()));
+        if !link.is_empty() {
+            assert!(link.ends_with("rel=\"next\""), "{link}");
+            next = Some(link[1..link.find('>').unwrap()].to_owned());
+        }
+    }
+    assert_eq!(collected, ["D", "a", "b", "c", "e_1", "v0", "v1.0"]);
+
+    let after: Value = registry.get("/v2/paged/tags/list?n=2&last=c").await.json().await.unwrap();
+    assert_eq!(after["tags"], serde_json::json!(["e_1", "v0"]));
+    let none: Value = registry.get("/v2/paged/tags/list?n=0").await.json().await.unwrap();
+    assert_eq!(none["tags"], serde_json::json!([]));
+    registry.stop().await;
+}
+
+#[tokio::test]
+async fn catalog_lists_repositories_in_order_with_pagination() {
+    let registry = TestRegistry::start().await;
+    for name in ["zeta", "alpha/one", "alpha/two", "mid/deep/name"] {
+        registry.push_blob(name, name.as_bytes()).await;
+    }
+    let all: Value = registry.get("/v2/_catalog").await.json().await.unwrap();
+    assert_eq!(
+        all["repositories"],
+        serde_json::json!(["alpha/one", "alpha/two", "mid/deep/name", "zeta"])
+    );
+    let first = registry.get("/v2/_catalog?n=2").await;
+    let link = header(&first, "link");
+    assert_eq!(link, "</v2/_catalog?n=2&last=alpha%2Ftwo>; rel=\"next\"");
+    let second: Value = registry
+        .get(&link[1..link.find('>').unwrap()])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["repositories"], serde_json::json!(["mid/deep/name", "zeta"]));
+    registry.stop().await;
+}
