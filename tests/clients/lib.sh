@@ -12,6 +12,7 @@
 # `||`: bash then ignores `set -e` inside the body and a failing command would
 # not fail the step. In bodies, avoid `local x=$(...)`, which hides a failure.
 
+STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 passed=0
 failed=0
 skipped=0
@@ -40,12 +41,24 @@ step() {
     fi
     local log="$LOG_DIR/${name//\//_}.log"
     local started=$SECONDS
+    # In the background, so that a client hanging on the registry is ended
+    # after $STEP_TIMEOUT seconds instead of hanging the suite.
     (
         set -euo pipefail
         shopt -s inherit_errexit
         "$@"
-    ) >"$log" 2>&1
+    ) >"$log" 2>&1 </dev/null &
+    local body=$!
+    (
+        sleep "$STEP_TIMEOUT"
+        echo "step timed out after ${STEP_TIMEOUT}s: ending it" >>"$log"
+        kill_tree "$body"
+    ) &
+    local watchdog=$!
+    wait "$body"
     local status=$?
+    kill_tree "$watchdog"
+    wait "$watchdog" 2>/dev/null
     step_status=$status
     if ((status == 0)); then
         passed=$((passed + 1))
@@ -136,6 +149,17 @@ http() {
 # --- processes --------------------------------------------------------------------------------
 
 started_pids=()
+
+# kill_tree PID: SIGTERM a process and all its descendants, found by parent PID.
+kill_tree() {
+    local pid=$1 child
+    kill -STOP "$pid" 2>/dev/null || return 0
+    for child in $(pgrep -P "$pid"); do
+        kill_tree "$child"
+    done
+    kill -TERM "$pid" 2>/dev/null
+    kill -CONT "$pid" 2>/dev/null
+}
 
 # stop_pid PID NAME: SIGTERM, wait up to 20s, then SIGKILL.
 stop_pid() {

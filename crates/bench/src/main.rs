@@ -279,10 +279,12 @@ async fn run(args: Args) -> Result<bool> {
     }
 
     eprintln!("kai-bench: stopping the servers and removing their storage");
-    for target in targets {
-        let label = target.server.label.clone();
-        if let Err(error) = target.server.stop().await {
-            results.failures.push(failure(0, &label, "stop", format!("SIGTERM: {error:#}")));
+    let [first, second] = targets;
+    let labels_in_order = [first.server.label.clone(), second.server.label.clone()];
+    let stopped = futures::future::join(first.server.stop(), second.server.stop()).await;
+    for (label, outcome) in labels_in_order.iter().zip([stopped.0, stopped.1]) {
+        if let Err(error) = outcome {
+            results.failures.push(failure(0, label, "stop", format!("SIGTERM: {error:#}")));
         }
     }
 

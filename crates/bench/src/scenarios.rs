@@ -37,6 +37,9 @@ pub struct Sizes {
     pub entries: usize,
     pub page: usize,
     pub populate_workers: usize,
+    /// Walk the whole catalog up to this many entries; sample windows above.
+    pub full_catalog_walk_max: usize,
+    pub catalog_window_pages: usize,
     pub big_blob: Option<u64>,
     pub big_blob_rss_limit: u64,
 }
@@ -57,6 +60,8 @@ impl Sizes {
             entries: 100_000,
             page: 100,
             populate_workers: 16,
+            full_catalog_walk_max: 10_000,
+            catalog_window_pages: 10,
             big_blob: Some(4 << 30),
             big_blob_rss_limit: 64 << 20,
         }
@@ -152,6 +157,14 @@ pub struct Target {
     listing_manifest: Option<Manifest>,
     populated: bool,
     pub alive: bool,
+}
+
+struct Walk {
+    pages: Vec<(usize, Duration)>,
+    entries: Vec<String>,
+    elapsed: Duration,
+    /// The last page had no Link to a next one.
+    reached_end: bool,
 }
 
 pub struct Measured {
@@ -351,24 +364,40 @@ impl Target {
         let manifest = Manifest::new(image_manifest(&config_digest, config.len(), &[]));
         self.registry.push_small_blob(TAGS, config.clone(), &config_digest).await?;
         let registry = &self.registry;
+        let label = &self.server.label;
+        let entries = sizes.entries;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let progress = |what: &str| {
+            let count = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if entries >= 10_000 && count % (entries / 10) == 0 {
+                eprintln!("    {label}: {count} of {entries} {what}");
+            }
+        };
         let started = Instant::now();
         futures::stream::iter(0..sizes.entries)
             .map(|i| {
-                let manifest = &manifest;
-                async move { registry.put_manifest(TAGS, &tag_name(i), manifest).await }
+                let (manifest, progress) = (&manifest, &progress);
+                async move {
+                    registry.put_manifest(TAGS, &tag_name(i), manifest).await?;
+                    progress("tags");
+                    Ok::<(), anyhow::Error>(())
+                }
             })
             .buffer_unordered(sizes.populate_workers)
             .try_collect::<Vec<()>>()
             .await?;
         let tags_seconds = started.elapsed().as_secs_f64();
+        done.store(0, Ordering::Relaxed);
         let started = Instant::now();
         futures::stream::iter(0..sizes.entries)
             .map(|i| {
-                let (manifest, config, config_digest) = (&manifest, &config, &config_digest);
+                let (manifest, config, config_digest, progress) = (&manifest, &config, &config_digest, &progress);
                 async move {
                     let name = repository_name(i);
                     registry.mount_blob(&name, TAGS, config.clone(), config_digest).await?;
-                    registry.put_manifest(&name, "latest", manifest).await
+                    registry.put_manifest(&name, "latest", manifest).await?;
+                    progress("repositories");
+                    Ok::<(), anyhow::Error>(())
                 }
             })
             .buffer_unordered(sizes.populate_workers)
@@ -386,17 +415,19 @@ impl Target {
             bail!("the listing was not populated (the populate scenario failed or was not selected)");
         }
         let first = self.registry.url(&format!("v2/{TAGS}/tags/list?n={}", sizes.page));
-        let (pages, entries, walk) = self.walk(first, "tags").await?;
+        let walk = self.walk(first, "tags", usize::MAX).await?;
+        let entries = &walk.entries;
         let mut notes = Vec::new();
         let expected: Vec<String> = (0..sizes.entries).map(tag_name).collect();
-        check_pages(&pages, sizes.page, self.strict_listing, &format!("GET /v2/{TAGS}/tags/list"), &mut notes, &self.server.label)?;
+        let request = format!("GET /v2/{TAGS}/tags/list?n={} and its Link pages", sizes.page);
+        check_pages(&walk.pages, sizes.page, self.strict_listing, &format!("GET /v2/{TAGS}/tags/list"), &mut notes, &self.server.label)?;
+        check_sorted(entries, self.strict_listing, &request, &mut notes, &self.server.label)?;
         let mut sorted = entries.clone();
         sorted.sort();
         if sorted != expected {
             let missing = expected.iter().filter(|tag| sorted.binary_search(tag).is_err()).count();
             bail!(
-                "GET /v2/{TAGS}/tags/list?n={} and its Link pages: expected the {} tags {}..{} once each, got {} tags ({} of the expected missing)",
-                sizes.page,
+                "{request}: expected the {} tags {}..{} once each, got {} tags ({} of the expected missing)",
                 expected.len(),
                 expected[0],
                 expected[expected.len() - 1],
@@ -407,59 +438,84 @@ impl Target {
         // And the manifest behind a tag is the one pushed.
         let manifest = self.listing_manifest.clone().expect("populated");
         self.registry.get_manifest(TAGS, &tag_name(sizes.entries / 2), &manifest).await?;
-        Ok(Measured { metrics: page_metrics("tags", &pages, walk), notes })
+        let mut metrics = page_metrics("tags", &walk.pages);
+        metrics.push(("tags_walk", walk.elapsed.as_secs_f64()));
+        Ok(Measured { metrics, notes })
     }
 
-    /// Walks `/v2/_catalog?n=<page>` to the end, following Link.
+    /// `/v2/_catalog?n=<page>`: the whole walk when the listing is small
+    /// enough, else windows of consecutive pages at its start, middle and
+    /// end (entered with `last=`), since the reference takes time in
+    /// proportion to the repositories before `last` for every page.
     async fn catalog(&mut self, sizes: &Sizes) -> Result<Measured> {
         if !self.populated {
             bail!("the listing was not populated (the populate scenario failed or was not selected)");
         }
-        let first = self.registry.url(&format!("v2/_catalog?n={}", sizes.page));
-        let (pages, entries, walk) = self.walk(first, "repositories").await?;
+        let n = sizes.page;
         let mut notes = Vec::new();
-        check_pages(&pages, sizes.page, self.strict_listing, "GET /v2/_catalog", &mut notes, &self.server.label)?;
-        let mut sorted = entries.clone();
-        sorted.sort();
-        let duplicates = sorted.windows(2).filter(|pair| pair[0] == pair[1]).count();
-        if duplicates > 0 {
-            bail!("GET /v2/_catalog?n={} and its Link pages: expected each repository once, got {duplicates} repeated", sizes.page);
+        if sizes.entries <= sizes.full_catalog_walk_max {
+            let first = self.registry.url(&format!("v2/_catalog?n={n}"));
+            let walk = self.walk(first, "repositories", usize::MAX).await?;
+            check_pages(&walk.pages, n, self.strict_listing, "GET /v2/_catalog", &mut notes, &self.server.label)?;
+            check_sorted(&walk.entries, self.strict_listing, &format!("GET /v2/_catalog?n={n} and its Link pages"), &mut notes, &self.server.label)?;
+            let mut sorted = walk.entries.clone();
+            sorted.sort();
+            let duplicates = sorted.windows(2).filter(|pair| pair[0] == pair[1]).count();
+            if duplicates > 0 {
+                bail!("GET /v2/_catalog?n={n} and its Link pages: expected each repository once, got {duplicates} repeated");
+            }
+            check_catalog_run(&walk.entries, 0, true, sizes.entries, &format!("GET /v2/_catalog?n={n} and its Link pages"))?;
+            if sorted.binary_search(&TAGS.to_string()).is_err() {
+                bail!("GET /v2/_catalog?n={n} and its Link pages: expected {TAGS} among the repositories, got none");
+            }
+            let mut metrics = page_metrics("catalog", &walk.pages);
+            metrics.push(("catalog_walk", walk.elapsed.as_secs_f64()));
+            return Ok(Measured { metrics, notes });
         }
-        let listed: Vec<&String> = sorted.iter().filter(|name| name.starts_with(CATALOG_PREFIX)).collect();
-        let expected: Vec<String> = (0..sizes.entries).map(repository_name).collect();
-        if listed.len() != expected.len() || listed.iter().zip(&expected).any(|(a, b)| *a != b) || sorted.binary_search(&TAGS.to_string()).is_err() {
-            bail!(
-                "GET /v2/_catalog?n={} and its Link pages: expected {TAGS} and the {} repositories {}..{}, got {} repositories, {} of them under {CATALOG_PREFIX}",
-                sizes.page,
-                expected.len(),
-                expected[0],
-                expected[expected.len() - 1],
-                entries.len(),
-                listed.len()
-            );
+        let window = sizes.catalog_window_pages;
+        let span = window * n;
+        let starts = [0, sizes.entries / 2, sizes.entries.saturating_sub(span)];
+        let mut pages = Vec::new();
+        for start in starts {
+            let mut first = self.registry.url("v2/_catalog");
+            first.query_pairs_mut().append_pair("n", &n.to_string());
+            if start > 0 {
+                first.query_pairs_mut().append_pair("last", &repository_name(start - 1));
+            }
+            let request = format!("GET {first} and {} pages on", window - 1);
+            let walk = self.walk(first, "repositories", window).await?;
+            check_pages(&walk.pages, n, self.strict_listing, "GET /v2/_catalog", &mut notes, &self.server.label)?;
+            check_sorted(&walk.entries, self.strict_listing, &request, &mut notes, &self.server.label)?;
+            check_catalog_run(&walk.entries, start, walk.reached_end, sizes.entries, &request)?;
+            pages.extend(walk.pages);
         }
-        Ok(Measured { metrics: page_metrics("catalog", &pages, walk), notes })
+        Ok(Measured { metrics: page_metrics("catalog", &pages), notes })
     }
 
-    /// Follows Link rel="next" from `first`; returns each page's size and latency, all entries, and the walk's time.
-    async fn walk(&self, first: url::Url, key: &str) -> Result<(Vec<(usize, Duration)>, Vec<String>, Duration)> {
+    /// Follows Link rel="next" from `first` for at most `max_pages` pages.
+    async fn walk(&self, first: url::Url, key: &str, max_pages: usize) -> Result<Walk> {
         let started = Instant::now();
-        let mut pages = Vec::new();
-        let mut entries = Vec::new();
+        let mut walk = Walk { pages: Vec::new(), entries: Vec::new(), elapsed: Duration::ZERO, reached_end: false };
         let mut next = Some(first);
         while let Some(url) = next {
-            let page = self.registry.list_page(&url, key).await?;
-            if pages.len() > 10_000_000 {
-                bail!("GET {url}: the Link chain did not end after {} pages", pages.len());
+            if walk.pages.len() == max_pages {
+                walk.elapsed = started.elapsed();
+                return Ok(walk);
             }
+            let page = self.registry.list_page(&url, key).await?;
             if page.next.as_ref() == Some(&url) {
                 bail!("GET {url}: expected a Link to the next page, got a Link to the same page");
             }
-            pages.push((page.entries.len(), page.elapsed));
-            entries.extend(page.entries);
+            if walk.pages.len() > 10_000_000 {
+                bail!("GET {url}: the Link chain did not end after {} pages", walk.pages.len());
+            }
+            walk.pages.push((page.entries.len(), page.elapsed));
+            walk.entries.extend(page.entries);
             next = page.next;
         }
-        Ok((pages, entries, started.elapsed()))
+        walk.reached_end = true;
+        walk.elapsed = started.elapsed();
+        Ok(walk)
     }
 
     /// Pushes one large blob (monolithic, streamed) and returns MiB/s.
@@ -485,17 +541,58 @@ fn check_pages(pages: &[(usize, Duration)], n: usize, strict: bool, request: &st
     Ok(())
 }
 
-fn page_metrics(prefix: &str, pages: &[(usize, Duration)], walk: Duration) -> Vec<(&'static str, f64)> {
+fn page_metrics(prefix: &str, pages: &[(usize, Duration)]) -> Vec<(&'static str, f64)> {
     let mut latencies: Vec<Duration> = pages.iter().map(|(_, latency)| *latency).collect();
     latencies.sort();
     let median = percentile(&latencies, 0.5).as_secs_f64() * 1e3;
     let p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3;
-    let seconds = walk.as_secs_f64();
+    let count = pages.len() as f64;
     if prefix == "tags" {
-        vec![("tags_page_median", median), ("tags_page_p99", p99), ("tags_walk", seconds), ("tags_pages", pages.len() as f64)]
+        vec![("tags_page_median", median), ("tags_page_p99", p99), ("tags_pages", count)]
     } else {
-        vec![("catalog_page_median", median), ("catalog_page_p99", p99), ("catalog_walk", seconds), ("catalog_pages", pages.len() as f64)]
+        vec![("catalog_page_median", median), ("catalog_page_p99", p99), ("catalog_pages", count)]
     }
+}
+
+/// Entries must come in lexical order (strictly: no repeats).
+fn check_sorted(entries: &[String], strict: bool, request: &str, notes: &mut Vec<String>, label: &str) -> Result<()> {
+    if let Some(position) = entries.windows(2).position(|pair| pair[0] >= pair[1]) {
+        let message = format!(
+            "{request}: expected entries in lexical order, got {:?} before {:?} (entries {} and {})",
+            entries[position],
+            entries[position + 1],
+            position + 1,
+            position + 2
+        );
+        if strict {
+            bail!(message);
+        }
+        notes.push(format!("{label}: {message}"));
+    }
+    Ok(())
+}
+
+/// The populated repositories in `entries` must be consecutive from number
+/// `start`, and run to the last one when the walk reached the end.
+fn check_catalog_run(entries: &[String], start: usize, reached_end: bool, total: usize, request: &str) -> Result<()> {
+    let listed: Vec<&String> = entries.iter().filter(|name| name.starts_with(CATALOG_PREFIX)).collect();
+    if listed.is_empty() {
+        bail!("{request}: expected repositories from {} on, got none under {CATALOG_PREFIX}", repository_name(start));
+    }
+    for (offset, name) in listed.iter().enumerate() {
+        let expected = repository_name(start + offset);
+        if **name != expected {
+            bail!("{request}: expected the repositories under {CATALOG_PREFIX} to run on from {} without a gap, got {name} where {expected} belongs", repository_name(start));
+        }
+    }
+    if reached_end && start + listed.len() != total {
+        bail!(
+            "{request}: expected the pages to run to {}, got the last Link page ending with {} under {CATALOG_PREFIX}",
+            repository_name(total - 1),
+            listed.last().expect("not empty")
+        );
+    }
+    Ok(())
 }
 
 /// Runs `operation` from `connections` workers: `warmup` seconds unmeasured,
