@@ -20,6 +20,7 @@ expected_failures=0
 failures=()
 expected_failure_names=()
 kai_only_step=""
+current_step_pid=""
 workflow=""
 workflow_aborted=""
 
@@ -49,6 +50,7 @@ step() {
         "$@"
     ) >"$log" 2>&1 </dev/null &
     local body=$!
+    current_step_pid=$body
     (
         sleep "$STEP_TIMEOUT"
         echo "step timed out after ${STEP_TIMEOUT}s: ending it" >>"$log"
@@ -59,6 +61,7 @@ step() {
     local status=$?
     kill_tree "$watchdog"
     wait "$watchdog" 2>/dev/null
+    current_step_pid=""
     step_status=$status
     if ((status == 0)); then
         passed=$((passed + 1))

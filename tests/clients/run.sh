@@ -75,6 +75,9 @@ dockerd_pid=""
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    if [[ -n $current_step_pid ]]; then
+        kill_tree "$current_step_pid"
+    fi
     local index
     for ((index = ${#started_pids[@]} - 1; index >= 0; index--)); do
         stop_pid "${started_pids[index]}" "process ${started_pids[index]}"

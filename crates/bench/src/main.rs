@@ -53,6 +53,9 @@ struct Args {
     /// Listing entries (tags, and repositories) [default: 100000, or 1000 with --smoke].
     #[arg(long)]
     entries: Option<usize>,
+    /// Walk the whole catalog up to this many entries, sample windows of pages above [default: 10000].
+    #[arg(long, hide = true)]
+    full_catalog_walk_max: Option<usize>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -82,6 +85,9 @@ async fn run(args: Args) -> Result<bool> {
             bail!("--entries must be at least 1");
         }
         sizes.entries = entries;
+    }
+    if let Some(max) = args.full_catalog_walk_max {
+        sizes.full_catalog_walk_max = max;
     }
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
     let known: Vec<&str> = Scenario::ALL.iter().map(|scenario| scenario.key()).chain(["big"]).collect();
@@ -278,11 +284,10 @@ async fn run(args: Args) -> Result<bool> {
         }
     }
 
-    eprintln!("kai-bench: stopping the servers and removing their storage");
-    let [first, second] = targets;
-    let labels_in_order = [first.server.label.clone(), second.server.label.clone()];
+    eprintln!("kai-bench: stopping the servers");
+    let [mut first, mut second] = targets;
     let stopped = futures::future::join(first.server.stop(), second.server.stop()).await;
-    for (label, outcome) in labels_in_order.iter().zip([stopped.0, stopped.1]) {
+    for (label, outcome) in labels.iter().zip([stopped.0, stopped.1]) {
         if let Err(error) = outcome {
             results.failures.push(failure(0, label, "stop", format!("SIGTERM: {error:#}")));
         }
@@ -292,6 +297,13 @@ async fn run(args: Args) -> Result<bool> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("kai-bench: wrote {}", path.display());
+    }
+    // Removing a populated reference's storage (millions of small files at
+    // 100,000 entries) takes a while, so it comes after the report.
+    eprintln!("kai-bench: removing the servers' storage");
+    let removals = [first, second].map(|target| tokio::task::spawn_blocking(move || drop(target)));
+    for removal in removals {
+        removal.await?;
     }
     Ok(results.failures.is_empty())
 }

@@ -156,8 +156,9 @@ impl Server {
         process_usage(self.pid)
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited within 10 seconds.
-    pub async fn stop(mut self) -> Result<()> {
+    /// SIGTERM, then SIGKILL if it has not exited within 10 seconds. The
+    /// storage stays until the server is dropped.
+    pub async fn stop(&mut self) -> Result<()> {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         if self.child.try_wait()?.is_some() {

@@ -158,6 +158,67 @@ pub fn convert(stored_media_type: &str, body: &[u8], target: &str) -> Option<Vec
     serde_json::to_vec_pretty(&Value::Object(with_media_type(object, target))).ok()
 }
 
+/// The digests of an OCI index's entries that are OCI image manifests: what
+/// must be converted, too, before the index can become a Docker manifest list
+/// an old client can follow.
+pub fn oci_image_children(index: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<Value>(index) else {
+        return Vec::new();
+    };
+    value["manifests"]
+        .as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter(|entry| entry["mediaType"] == OCI_IMAGE_MANIFEST)
+                .filter_map(|entry| entry["digest"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Converts an OCI index to a Docker manifest list whose entries an old client
+/// can follow. `children` maps each OCI image manifest entry's digest (see
+/// [`oci_image_children`]) to its Docker schema 2 conversion's digest and size,
+/// which the caller has stored; an entry mapped to `None`, or missing, has no
+/// Docker form (a buildx attestation manifest, say) and is left out, as are
+/// nested indexes. Entries that already are Docker manifests stay as they are.
+pub fn docker_list_from_index(
+    index: &[u8],
+    children: &std::collections::HashMap<String, Option<(String, u64)>>,
+) -> Option<Vec<u8>> {
+    let Value::Object(mut object) = serde_json::from_slice::<Value>(index).ok()? else {
+        return None;
+    };
+    if object.get("mediaType").and_then(Value::as_str).unwrap_or(OCI_IMAGE_INDEX) != OCI_IMAGE_INDEX
+        || object.contains_key("subject")
+        || object.contains_key("artifactType")
+    {
+        return None;
+    }
+    let entries = object.get_mut("manifests")?.as_array_mut()?;
+    let mut converted = Vec::with_capacity(entries.len());
+    for mut entry in entries.drain(..) {
+        let media_type = entry.get("mediaType").and_then(Value::as_str).unwrap_or_default();
+        match media_type {
+            DOCKER_MANIFEST => converted.push(entry),
+            OCI_IMAGE_MANIFEST => {
+                let digest = entry.get("digest").and_then(Value::as_str).unwrap_or_default();
+                if let Some(Some((new_digest, size))) = children.get(digest) {
+                    let descriptor = entry.as_object_mut()?;
+                    descriptor.insert("mediaType".into(), Value::String(DOCKER_MANIFEST.into()));
+                    descriptor.insert("digest".into(), Value::String(new_digest.clone()));
+                    descriptor.insert("size".into(), Value::from(*size));
+                    converted.push(entry);
+                }
+            }
+            _ => {}
+        }
+    }
+    *entries = converted;
+    serde_json::to_vec_pretty(&Value::Object(with_media_type(object, DOCKER_MANIFEST_LIST))).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +262,25 @@ mod tests {
         assert_eq!(parsed.blobs[1].media_type, DOCKER_LAYER_TAR_GZIP);
         assert_eq!(parsed.blobs[1].digest.to_string(), digest('b'));
         let back = convert(DOCKER_MANIFEST, &converted, OCI_IMAGE_MANIFEST).unwrap();
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_IMAGE_INDEX}","manifests":[
+            {{"mediaType":"{OCI_IMAGE_MANIFEST}","digest":"{}","size":9,"platform":{{"architecture":"arm64","os":"linux"}}}},
+            {{"mediaType":"{OCI_IMAGE_MANIFEST}","digest":"{}","size":8,"platform":{{"architecture":"unknown","os":"unknown"}}}}]}}"#,
+            digest('c'),
+            digest('d')
+        );
+        assert_eq!(oci_image_children(index.as_bytes()), [digest('c'), digest('d')]);
+        let children = std::collections::HashMap::from([
+            (digest('c'), Some((digest('e'), 42))),
+            (digest('d'), None),
+        ]);
+        let list = docker_list_from_index(index.as_bytes(), &children).unwrap();
+        let parsed_list = manifest::parse(Some(DOCKER_MANIFEST_LIST), &list).unwrap();
+        assert_eq!(parsed_list.manifests.len(), 1);
+        assert_eq!(parsed_list.manifests[0].digest.to_string(), digest('e'));
+        assert_eq!(parsed_list.manifests[0].media_type, DOCKER_MANIFEST);
+        assert_eq!(parsed_list.manifests[0].size, 42);
+        assert_eq!(parsed_list.manifests[0].platform.as_ref().unwrap().architecture, "arm64");
         let parsed_back = manifest::parse(Some(OCI_IMAGE_MANIFEST), &back).unwrap();
         assert_eq!(parsed_back.blobs[1].media_type, OCI_LAYER_TAR_GZIP);
 

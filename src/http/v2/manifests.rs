@@ -7,7 +7,8 @@ use axum::response::Response;
 use http_body_util::BodyExt;
 use kai_meta::{ContentReference, DeleteOutcome, ManifestRejection, NewManifest, StoredManifest};
 use kai_oci::convert::{self, Negotiated};
-use kai_oci::{Digest, Reference, RepositoryName, Tag};
+use kai_oci::{media_type, Digest, Reference, RepositoryName, Tag};
+use std::collections::HashMap;
 
 use super::{content_length, empty, header, query_pairs};
 use crate::app::AppState;
@@ -43,16 +44,15 @@ pub async fn get(
             let accepted = convert::accepted_media_types(
                 headers.get_all("accept").iter().filter_map(|value| value.to_str().ok()),
             );
-            match convert::negotiate(&media_type, &accepted) {
-                Negotiated::Convert(target) => match convert::convert(&media_type, &content, target) {
-                    Some(converted) => (
-                        Digest::sha256_of(&converted).to_string(),
-                        target.to_owned(),
-                        converted,
-                    ),
-                    None => (digest, media_type, content),
-                },
-                Negotiated::Stored => (digest, media_type, content),
+            let converted = match convert::negotiate(&media_type, &accepted) {
+                Negotiated::Convert(target) => convert_for_client(state, name, &media_type, &content, target)
+                    .await?
+                    .map(|converted| (target, converted)),
+                Negotiated::Stored => None,
+            };
+            match converted {
+                Some((target, converted)) => (Digest::sha256_of(&converted).to_string(), target.to_owned(), converted),
+                None => (digest, media_type, content),
             }
         }
         Reference::Digest(_) => (digest, media_type, content),
@@ -68,6 +68,84 @@ pub async fn get(
         Body::from(content)
     };
     response.body(body).map_err(ApiError::internal)
+}
+
+/// Converts a manifest for a client that does not accept its stored type, or
+/// returns `None` when no faithful conversion exists.
+///
+/// An OCI index becomes a Docker manifest list whose entries are Docker
+/// manifests too, so an old client can follow them by digest: each child is
+/// converted and the conversion stored in the repository (once), as an untagged
+/// manifest with the same blobs. Children with no Docker form (attestations)
+/// are left out of the list.
+async fn convert_for_client(
+    state: &AppState,
+    name: &RepositoryName,
+    stored_media_type: &str,
+    content: &[u8],
+    target: &str,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    if !(stored_media_type == media_type::OCI_IMAGE_INDEX && target == media_type::DOCKER_MANIFEST_LIST) {
+        return Ok(convert::convert(stored_media_type, content, target));
+    }
+    let mut children = HashMap::new();
+    for child in convert::oci_image_children(content) {
+        let Ok(child_digest) = child.parse::<Digest>() else { continue };
+        let converted = match state.meta.manifest_by_digest(name, &child_digest).await? {
+            Some(stored) => convert::convert(&stored.media_type, &stored.content, media_type::DOCKER_MANIFEST),
+            None => None,
+        };
+        let entry = match converted {
+            Some(bytes) => store_conversion(state, name, &bytes).await?,
+            None => None,
+        };
+        children.insert(child, entry);
+    }
+    Ok(convert::docker_list_from_index(content, &children))
+}
+
+/// Stores a converted Docker manifest unless it is stored already. Returns its
+/// digest and size, or `None` if it cannot be stored.
+async fn store_conversion(
+    state: &AppState,
+    name: &RepositoryName,
+    bytes: &[u8],
+) -> Result<Option<(String, u64)>, ApiError> {
+    let digest = Digest::sha256_of(bytes);
+    let entry = Some((digest.to_string(), bytes.len() as u64));
+    if state.meta.manifest_by_digest(name, &digest).await?.is_some() {
+        return Ok(entry);
+    }
+    let Ok(parsed) = kai_oci::manifest::parse(Some(media_type::DOCKER_MANIFEST), bytes) else {
+        return Ok(None);
+    };
+    let blobs = references(&parsed.blobs);
+    let stored = state
+        .meta
+        .put_manifest(NewManifest {
+            repository: name,
+            digest: &digest,
+            media_type: &parsed.media_type,
+            content: bytes,
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            blobs: &blobs,
+            manifests: &[],
+            tags: &[],
+        })
+        .await?;
+    Ok(stored.ok().and(entry))
+}
+
+fn references(descriptors: &[kai_oci::Descriptor]) -> Vec<ContentReference> {
+    descriptors
+        .iter()
+        .map(|descriptor| ContentReference {
+            digest: descriptor.digest.clone(),
+            size: descriptor.size,
+        })
+        .collect()
 }
 
 pub async fn put(
@@ -131,15 +209,6 @@ pub async fn put(
         }
     }
 
-    let references = |descriptors: &[kai_oci::Descriptor]| -> Vec<ContentReference> {
-        descriptors
-            .iter()
-            .map(|descriptor| ContentReference {
-                digest: descriptor.digest.clone(),
-                size: descriptor.size,
-            })
-            .collect()
-    };
     let blobs = references(&parsed.blobs);
     let manifests = references(&parsed.manifests);
     let annotations = parsed
