@@ -33,7 +33,12 @@ impl AppState {
             .with_context(|| format!("cannot open blob storage in {}", config.data.display()))?;
         let meta = MetaStore::open(&config.database_url())
             .await
-            .with_context(|| format!("cannot open the metadata database {}", config.database_url()))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the metadata database {}",
+                    config.database_url()
+                )
+            })?;
         Ok(AppState {
             config: Arc::new(config),
             meta,

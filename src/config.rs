@@ -131,7 +131,11 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         figment = figment
-            .merge(Env::prefixed("KAI_").filter(|key| is_setting(key.as_str())).split("__"))
+            .merge(
+                Env::prefixed("KAI_")
+                    .filter(|key| is_setting(key.as_str()))
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides));
         let config: Config = figment.extract().with_context(|| match file {
             Some(file) => format!(
@@ -152,7 +156,10 @@ impl Config {
             anyhow::bail!("limits.page_max_entries must be more than 0");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            anyhow::bail!("log.format must be \"text\" or \"json\", not {:?}", self.log.format);
+            anyhow::bail!(
+                "log.format must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            );
         }
         Ok(())
     }
@@ -205,7 +212,8 @@ mod tests {
     fn unknown_options_are_errors() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("kai.toml", "lisen = \"127.0.0.1:6000\"\n")?;
-            let error = Config::load(Some(Path::new("kai.toml")), &Overrides::default()).unwrap_err();
+            let error =
+                Config::load(Some(Path::new("kai.toml")), &Overrides::default()).unwrap_err();
             assert!(format!("{error:#}").contains("lisen"), "{error:#}");
             Ok(())
         });

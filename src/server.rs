@@ -12,8 +12,12 @@ use crate::app::{self, AppState};
 use crate::config::Config;
 
 pub fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&config.log.level)
-        .with_context(|| format!("log.level {:?} is not a valid filter (try \"info\" or \"kai=debug,info\")", config.log.level))?;
+    let filter = EnvFilter::try_new(&config.log.level).with_context(|| {
+        format!(
+            "log.level {:?} is not a valid filter (try \"info\" or \"kai=debug,info\")",
+            config.log.level
+        )
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -55,7 +59,10 @@ impl RunningServer {
                 })
                 .await
         });
-        tokio::spawn(expire_uploads_periodically(state.clone(), shutdown.subscribe()));
+        tokio::spawn(expire_uploads_periodically(
+            state.clone(),
+            shutdown.subscribe(),
+        ));
         Ok(RunningServer {
             address,
             state,
@@ -88,13 +95,14 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}
@@ -125,7 +133,8 @@ async fn clean_up_at_start(state: &AppState) -> anyhow::Result<()> {
 
 /// Removes upload sessions not written to within `uploads.expire_after`.
 async fn expire_uploads(state: &AppState) -> anyhow::Result<usize> {
-    let expire_after = i64::try_from(state.config.uploads.expire_after.as_secs()).unwrap_or(i64::MAX);
+    let expire_after =
+        i64::try_from(state.config.uploads.expire_after.as_secs()).unwrap_or(i64::MAX);
     let before = kai_meta::unix_now().saturating_sub(expire_after);
     let stale = state.meta.stale_uploads(before).await?;
     for id in &stale {
@@ -141,15 +150,25 @@ async fn expire_uploads(state: &AppState) -> anyhow::Result<usize> {
     Ok(stale.len())
 }
 
-async fn expire_uploads_periodically(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let interval = state.config.uploads.cleanup_interval.max(Duration::from_secs(1));
+async fn expire_uploads_periodically(
+    state: AppState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let interval = state
+        .config
+        .uploads
+        .cleanup_interval
+        .max(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
         if let Err(error) = expire_uploads(&state).await {
-            tracing::warn!(error = format!("{error:#}"), "upload clean-up failed; will retry");
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "upload clean-up failed; will retry"
+            );
         }
     }
 }

@@ -19,15 +19,27 @@ pub enum Endpoint {
     /// `/v2/<name>/tags/list`
     Tags { name: RepositoryName },
     /// `/v2/<name>/manifests/<reference>`
-    Manifest { name: RepositoryName, reference: Reference },
+    Manifest {
+        name: RepositoryName,
+        reference: Reference,
+    },
     /// `/v2/<name>/blobs/<digest>`
-    Blob { name: RepositoryName, digest: Digest },
+    Blob {
+        name: RepositoryName,
+        digest: Digest,
+    },
     /// `/v2/<name>/blobs/uploads/`
     UploadStart { name: RepositoryName },
     /// `/v2/<name>/blobs/uploads/<id>`
-    Upload { name: RepositoryName, upload: UploadId },
+    Upload {
+        name: RepositoryName,
+        upload: UploadId,
+    },
     /// `/v2/<name>/referrers/<digest>`
-    Referrers { name: RepositoryName, digest: Digest },
+    Referrers {
+        name: RepositoryName,
+        digest: Digest,
+    },
 }
 
 /// What a request to an endpoint does to a repository, for authorization.
@@ -48,9 +60,10 @@ fn name(components: &[&str]) -> Result<RepositoryName, ApiError> {
 }
 
 fn digest(text: &str) -> Result<Digest, ApiError> {
-    text.parse().map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
-        reason: error.to_string(),
-    })
+    text.parse()
+        .map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
+            reason: error.to_string(),
+        })
 }
 
 impl Endpoint {
@@ -163,15 +176,39 @@ mod tests {
         assert_eq!(ok("/v2/"), Endpoint::Base);
         assert_eq!(ok("/v2"), Endpoint::Base);
         assert_eq!(ok("/v2/_catalog"), Endpoint::Catalog);
-        assert!(matches!(ok("/v2/a/b/c/tags/list"), Endpoint::Tags { name } if name.as_str() == "a/b/c"));
-        assert!(matches!(ok("/v2/a/blobs/uploads/"), Endpoint::UploadStart { name } if name.as_str() == "a"));
-        assert!(matches!(ok("/v2/a/blobs/uploads"), Endpoint::UploadStart { .. }));
+        assert!(
+            matches!(ok("/v2/a/b/c/tags/list"), Endpoint::Tags { name } if name.as_str() == "a/b/c")
+        );
+        assert!(
+            matches!(ok("/v2/a/blobs/uploads/"), Endpoint::UploadStart { name } if name.as_str() == "a")
+        );
+        assert!(matches!(
+            ok("/v2/a/blobs/uploads"),
+            Endpoint::UploadStart { .. }
+        ));
         let upload = format!("/v2/x/blobs/blobs/uploads/{}", UploadId::generate());
         assert!(matches!(ok(&upload), Endpoint::Upload { name, .. } if name.as_str() == "x/blobs"));
-        assert!(matches!(ok(&format!("/v2/manifests/blobs/{DIGEST}")), Endpoint::Blob { name, .. } if name.as_str() == "manifests"));
-        assert!(matches!(ok("/v2/org/app/manifests/latest"), Endpoint::Manifest { reference: Reference::Tag(_), .. }));
-        assert!(matches!(ok(&format!("/v2/org/app/manifests/{DIGEST}")), Endpoint::Manifest { reference: Reference::Digest(_), .. }));
-        assert!(matches!(ok(&format!("/v2/org/app/referrers/{DIGEST}")), Endpoint::Referrers { .. }));
+        assert!(
+            matches!(ok(&format!("/v2/manifests/blobs/{DIGEST}")), Endpoint::Blob { name, .. } if name.as_str() == "manifests")
+        );
+        assert!(matches!(
+            ok("/v2/org/app/manifests/latest"),
+            Endpoint::Manifest {
+                reference: Reference::Tag(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            ok(&format!("/v2/org/app/manifests/{DIGEST}")),
+            Endpoint::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            ok(&format!("/v2/org/app/referrers/{DIGEST}")),
+            Endpoint::Referrers { .. }
+        ));
     }
 
     #[test]
@@ -200,7 +237,10 @@ mod tests {
             assert!(matches, "{path}: expected {code}, got {rendered}");
         }
         let long = format!("/v2/{}/tags/list", "a".repeat(256));
-        assert!(matches!(Endpoint::parse(&long), Err(ApiError::NameInvalid { .. })));
+        assert!(matches!(
+            Endpoint::parse(&long),
+            Err(ApiError::NameInvalid { .. })
+        ));
     }
 
     #[test]
@@ -209,6 +249,9 @@ mod tests {
         assert_eq!(manifest.action(&http::Method::GET), Action::Pull);
         assert_eq!(manifest.action(&http::Method::PUT), Action::Push);
         assert_eq!(manifest.action(&http::Method::DELETE), Action::Delete);
-        assert_eq!(ok("/v2/a/blobs/uploads/").action(&http::Method::POST), Action::Push);
+        assert_eq!(
+            ok("/v2/a/blobs/uploads/").action(&http::Method::POST),
+            Action::Push
+        );
     }
 }

@@ -68,10 +68,14 @@ impl ApiError {
         match self {
             ApiError::BlobUnknown { .. } => "BLOB_UNKNOWN",
             ApiError::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
-            ApiError::BlobUploadInvalid { .. } | ApiError::ChunkOutOfOrder { .. } => "BLOB_UPLOAD_INVALID",
+            ApiError::BlobUploadInvalid { .. } | ApiError::ChunkOutOfOrder { .. } => {
+                "BLOB_UPLOAD_INVALID"
+            }
             ApiError::DigestMismatch { .. } | ApiError::DigestInvalid { .. } => "DIGEST_INVALID",
             ApiError::ManifestBlobUnknown { .. } => "MANIFEST_BLOB_UNKNOWN",
-            ApiError::ManifestInvalid { .. } | ApiError::ManifestTooLarge { .. } => "MANIFEST_INVALID",
+            ApiError::ManifestInvalid { .. } | ApiError::ManifestTooLarge { .. } => {
+                "MANIFEST_INVALID"
+            }
             ApiError::ManifestUnknown { .. } => "MANIFEST_UNKNOWN",
             ApiError::NameInvalid { .. } => "NAME_INVALID",
             ApiError::NameUnknown { .. } => "NAME_UNKNOWN",
@@ -80,7 +84,9 @@ impl ApiError {
             ApiError::PaginationInvalid { .. } => "PAGINATION_NUMBER_INVALID",
             ApiError::RangeNotSatisfiable { .. } => "RANGE_INVALID",
             ApiError::Denied { .. } | ApiError::Conflict { .. } => "DENIED",
-            ApiError::Unsupported { .. } | ApiError::MethodNotAllowed { .. } | ApiError::NotFound => "UNSUPPORTED",
+            ApiError::Unsupported { .. }
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::NotFound => "UNSUPPORTED",
             ApiError::Unavailable(_) => "UNAVAILABLE",
             ApiError::Internal(_) => "UNKNOWN",
         }
@@ -99,7 +105,9 @@ impl ApiError {
             ApiError::ManifestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Denied { .. } => StatusCode::FORBIDDEN,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::MethodNotAllowed { .. } | ApiError::Unsupported { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } | ApiError::Unsupported { .. } => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -126,8 +134,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::Internal(cause) => tracing::error!(error = format!("{cause:#}"), "request failed"),
-            ApiError::Unavailable(cause) => tracing::warn!(error = format!("{cause:#}"), "metadata database unavailable"),
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed")
+            }
+            ApiError::Unavailable(cause) => tracing::warn!(
+                error = format!("{cause:#}"),
+                "metadata database unavailable"
+            ),
             _ => {}
         }
         let mut entry = json!({ "code": self.code(), "message": self.to_string() });
@@ -184,7 +197,9 @@ impl From<kai_storage::StorageError> for ApiError {
             StorageError::UploadDataLost { .. } => ApiError::BlobUploadInvalid {
                 reason: format!("{error}"),
             },
-            StorageError::DigestMismatch { expected, actual } => ApiError::DigestMismatch { expected, actual },
+            StorageError::DigestMismatch { expected, actual } => {
+                ApiError::DigestMismatch { expected, actual }
+            }
             StorageError::Body(reason) => ApiError::BlobUploadInvalid {
                 reason: format!("the request body ended early or failed: {reason}"),
             },

@@ -10,7 +10,10 @@ async fn base_endpoint_announces_the_api_version() {
     let registry = TestRegistry::start().await;
     let response = registry.get("/v2/").await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(header(&response, "docker-distribution-api-version"), "registry/2.0");
+    assert_eq!(
+        header(&response, "docker-distribution-api-version"),
+        "registry/2.0"
+    );
     let health = registry.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(registry.get("/readyz").await.status(), StatusCode::OK);
@@ -41,7 +44,10 @@ async fn monolithic_blob_push_then_head_get_and_ranges() {
         .await
         .unwrap();
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(header(&ranged, "content-range"), format!("bytes 10-19/{}", bytes.len()));
+    assert_eq!(
+        header(&ranged, "content-range"),
+        format!("bytes 10-19/{}", bytes.len())
+    );
     assert_eq!(ranged.bytes().await.unwrap().as_ref(), &bytes[10..20]);
 
     let suffix = registry
@@ -51,7 +57,10 @@ async fn monolithic_blob_push_then_head_get_and_ranges() {
         .await
         .unwrap();
     assert_eq!(suffix.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(suffix.bytes().await.unwrap().as_ref(), &bytes[bytes.len() - 5..]);
+    assert_eq!(
+        suffix.bytes().await.unwrap().as_ref(),
+        &bytes[bytes.len() - 5..]
+    );
 
     // The blob is visible only in the repository it was pushed to.
     let elsewhere = registry.get(&format!("/v2/other/blobs/{digest}")).await;
@@ -63,7 +72,9 @@ async fn monolithic_blob_push_then_head_get_and_ranges() {
 #[tokio::test]
 async fn chunked_upload_with_status_and_final_chunk() {
     let registry = TestRegistry::start().await;
-    let bytes: Vec<u8> = (0..30_000u32).map(|index| (index * 7 % 256) as u8).collect();
+    let bytes: Vec<u8> = (0..30_000u32)
+        .map(|index| (index * 7 % 256) as u8)
+        .collect();
     let digest = sha256(&bytes);
 
     let start = registry
@@ -73,7 +84,10 @@ async fn chunked_upload_with_status_and_final_chunk() {
         .unwrap();
     assert_eq!(start.status(), StatusCode::ACCEPTED);
     let location = header(&start, "location");
-    assert!(location.starts_with("/v2/chunked/blobs/uploads/"), "{location}");
+    assert!(
+        location.starts_with("/v2/chunked/blobs/uploads/"),
+        "{location}"
+    );
     assert_eq!(header(&start, "range"), "0-0");
     assert!(!header(&start, "docker-upload-uuid").is_empty());
 
@@ -106,13 +120,19 @@ async fn chunked_upload_with_status_and_final_chunk() {
         .await
         .unwrap();
     assert_eq!(finish.status(), StatusCode::CREATED);
-    assert_eq!(header(&finish, "location"), format!("/v2/chunked/blobs/{digest}"));
+    assert_eq!(
+        header(&finish, "location"),
+        format!("/v2/chunked/blobs/{digest}")
+    );
     assert_eq!(header(&finish, "docker-content-digest"), digest);
 
     let get = registry.get(&format!("/v2/chunked/blobs/{digest}")).await;
     assert_eq!(get.bytes().await.unwrap().as_ref(), bytes.as_slice());
     // The session ended with the upload.
-    assert_eq!(registry.get(&location).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        registry.get(&location).await.status(),
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(registry.stored().await.uploads, 0);
     registry.stop().await;
 }
@@ -122,7 +142,11 @@ async fn streamed_patch_without_content_range_and_put_without_body() {
     let registry = TestRegistry::start().await;
     let bytes = b"streamed upload body".repeat(1000);
     let digest = sha256(&bytes);
-    let start = registry.request(Method::POST, "/v2/streamed/blobs/uploads/").send().await.unwrap();
+    let start = registry
+        .request(Method::POST, "/v2/streamed/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
     let location = header(&start, "location");
     let stream = futures::stream::iter(
         bytes
@@ -157,7 +181,11 @@ async fn streamed_patch_without_content_range_and_put_without_body() {
 #[tokio::test]
 async fn cancelled_upload_is_gone() {
     let registry = TestRegistry::start().await;
-    let start = registry.request(Method::POST, "/v2/cancel/blobs/uploads/").send().await.unwrap();
+    let start = registry
+        .request(Method::POST, "/v2/cancel/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
     let location = header(&start, "location");
     registry
         .request(Method::PATCH, &location)
@@ -165,7 +193,11 @@ async fn cancelled_upload_is_gone() {
         .send()
         .await
         .unwrap();
-    let cancel = registry.request(Method::DELETE, &location).send().await.unwrap();
+    let cancel = registry
+        .request(Method::DELETE, &location)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancel.status(), StatusCode::NO_CONTENT);
     let status = registry.get(&location).await;
     assert_eq!(status.status(), StatusCode::NOT_FOUND);
@@ -177,7 +209,9 @@ async fn cancelled_upload_is_gone() {
 #[tokio::test]
 async fn manifest_put_get_head_by_tag_and_digest() {
     let registry = TestRegistry::start().await;
-    let (manifest, digest) = registry.push_image("acme/team/app", "1.0", b"layer bytes").await;
+    let (manifest, digest) = registry
+        .push_image("acme/team/app", "1.0", b"layer bytes")
+        .await;
 
     for reference in ["1.0", digest.as_str()] {
         let path = format!("/v2/acme/team/app/manifests/{reference}");
@@ -203,7 +237,10 @@ async fn manifest_put_get_head_by_tag_and_digest() {
         .await;
     assert_eq!(again.status(), StatusCode::CREATED);
     assert_eq!(header(&again, "docker-content-digest"), digest);
-    assert_eq!(header(&again, "location"), format!("/v2/acme/team/app/manifests/{digest}"));
+    assert_eq!(
+        header(&again, "location"),
+        format!("/v2/acme/team/app/manifests/{digest}")
+    );
     registry.stop().await;
 }
 
@@ -212,7 +249,12 @@ async fn manifest_bytes_are_stored_exactly_as_sent() {
     let registry = TestRegistry::start().await;
     let (_, _) = registry.push_image("exact", "base", b"x").await;
     let stored: Value = serde_json::from_slice(
-        &registry.get("/v2/exact/manifests/base").await.bytes().await.unwrap(),
+        &registry
+            .get("/v2/exact/manifests/base")
+            .await
+            .bytes()
+            .await
+            .unwrap(),
     )
     .unwrap();
     // The same content with unusual whitespace and key order keeps its own digest.
@@ -220,10 +262,20 @@ async fn manifest_bytes_are_stored_exactly_as_sent() {
         "{{\n  \"layers\" : {},\n\t\"config\":{},  \"mediaType\":\"{OCI_MANIFEST}\", \"schemaVersion\":2 }}\n",
         stored["layers"], stored["config"]
     );
-    let response = registry.put_manifest("exact", "odd", OCI_MANIFEST, odd.as_bytes()).await;
+    let response = registry
+        .put_manifest("exact", "odd", OCI_MANIFEST, odd.as_bytes())
+        .await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    assert_eq!(header(&response, "docker-content-digest"), sha256(odd.as_bytes()));
-    let served = registry.get("/v2/exact/manifests/odd").await.bytes().await.unwrap();
+    assert_eq!(
+        header(&response, "docker-content-digest"),
+        sha256(odd.as_bytes())
+    );
+    let served = registry
+        .get("/v2/exact/manifests/odd")
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(served.as_ref(), odd.as_bytes());
     registry.stop().await;
 }
@@ -234,7 +286,11 @@ async fn tag_moves_to_the_last_pushed_manifest() {
     let (_, first) = registry.push_image("moving", "latest", b"one").await;
     let (_, second) = registry.push_image("moving", "latest", b"two").await;
     assert_ne!(first, second);
-    let head = registry.request(Method::HEAD, "/v2/moving/manifests/latest").send().await.unwrap();
+    let head = registry
+        .request(Method::HEAD, "/v2/moving/manifests/latest")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(header(&head, "docker-content-digest"), second);
     // The first manifest stays reachable by digest.
     let old = registry.get(&format!("/v2/moving/manifests/{first}")).await;
@@ -247,12 +303,22 @@ async fn tags_list_is_sorted_and_paginated_with_link() {
     let registry = TestRegistry::start().await;
     let (manifest, _) = registry.push_image("paged", "v0", b"layer").await;
     for tag in ["b", "a", "c", "D", "e_1", "v1.0"] {
-        let response = registry.put_manifest("paged", tag, OCI_MANIFEST, &manifest).await;
+        let response = registry
+            .put_manifest("paged", tag, OCI_MANIFEST, &manifest)
+            .await;
         assert_eq!(response.status(), StatusCode::CREATED);
     }
-    let all: Value = registry.get("/v2/paged/tags/list").await.json().await.unwrap();
+    let all: Value = registry
+        .get("/v2/paged/tags/list")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(all["name"], "paged");
-    assert_eq!(all["tags"], serde_json::json!(["D", "a", "b", "c", "e_1", "v0", "v1.0"]));
+    assert_eq!(
+        all["tags"],
+        serde_json::json!(["D", "a", "b", "c", "e_1", "v0", "v1.0"])
+    );
 
     let mut collected = Vec::new();
     let mut next = Some("/v2/paged/tags/list?n=3".to_owned());
@@ -271,9 +337,19 @@ async fn tags_list_is_sorted_and_paginated_with_link() {
     }
     assert_eq!(collected, ["D", "a", "b", "c", "e_1", "v0", "v1.0"]);
 
-    let after: Value = registry.get("/v2/paged/tags/list?n=2&last=c").await.json().await.unwrap();
+    let after: Value = registry
+        .get("/v2/paged/tags/list?n=2&last=c")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(after["tags"], serde_json::json!(["e_1", "v0"]));
-    let none: Value = registry.get("/v2/paged/tags/list?n=0").await.json().await.unwrap();
+    let none: Value = registry
+        .get("/v2/paged/tags/list?n=0")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(none["tags"], serde_json::json!([]));
     registry.stop().await;
 }
@@ -298,6 +374,9 @@ async fn catalog_lists_repositories_in_order_with_pagination() {
         .json()
         .await
         .unwrap();
-    assert_eq!(second["repositories"], serde_json::json!(["mid/deep/name", "zeta"]));
+    assert_eq!(
+        second["repositories"],
+        serde_json::json!(["mid/deep/name", "zeta"])
+    );
     registry.stop().await;
 }

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{error_code, header, image_manifest, sha256, Stored, TestRegistry, OCI_INDEX, OCI_MANIFEST};
+use crate::common::{
+    error_code, header, image_manifest, sha256, Stored, TestRegistry, OCI_INDEX, OCI_MANIFEST,
+};
 
 const NAME: &str = "acme/app";
 const OTHER: &str = "other/repo";
@@ -41,12 +43,20 @@ fn address(registry: &TestRegistry) -> String {
 }
 
 /// The bytes of one HTTP/1.1 request that closes the connection afterwards.
-fn request_bytes(host: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+fn request_bytes(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
-    let declares_length = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+    let declares_length = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("content-length"));
     if !declares_length && (!body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH")) {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
@@ -74,14 +84,19 @@ fn parse_response(bytes: &[u8]) -> Option<RawResponse> {
     if chunked {
         body = decode_chunked(&body);
     }
-    Some(RawResponse { status, headers, body })
+    Some(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn decode_chunked(mut bytes: &[u8]) -> Vec<u8> {
     let mut decoded = Vec::new();
     while let Some(line_end) = bytes.windows(2).position(|window| window == b"\r\n") {
         let size_text = std::str::from_utf8(&bytes[..line_end]).unwrap_or("0");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -93,9 +108,17 @@ fn decode_chunked(mut bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Sends one request on a fresh connection and reads the whole response.
-async fn send_raw(registry: &TestRegistry, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> RawResponse {
+async fn send_raw(
+    registry: &TestRegistry,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> RawResponse {
     let host = address(registry);
-    let mut stream = TcpStream::connect(&host).await.expect("registry accepts connections");
+    let mut stream = TcpStream::connect(&host)
+        .await
+        .expect("registry accepts connections");
     stream
         .write_all(&request_bytes(&host, method, path, headers, body))
         .await
@@ -105,16 +128,25 @@ async fn send_raw(registry: &TestRegistry, method: &str, path: &str, headers: &[
         .await
         .expect("registry answers within 30 s")
         .expect("response read");
-    parse_response(&received).unwrap_or_else(|| panic!("{method} {path}: no HTTP response in {received:?}"))
+    parse_response(&received)
+        .unwrap_or_else(|| panic!("{method} {path}: no HTTP response in {received:?}"))
 }
 
 /// Sends a request whose body is shorter than its `Content-Length`, then closes
 /// the sending half, as a client that crashed mid-upload would. Returns the
 /// response, if the server sent one before closing.
-async fn send_truncated(registry: &TestRegistry, method: &str, path: &str, declared: usize, sent: &[u8]) -> Option<RawResponse> {
+async fn send_truncated(
+    registry: &TestRegistry,
+    method: &str,
+    path: &str,
+    declared: usize,
+    sent: &[u8],
+) -> Option<RawResponse> {
     assert!(sent.len() < declared);
     let host = address(registry);
-    let mut stream = TcpStream::connect(&host).await.expect("registry accepts connections");
+    let mut stream = TcpStream::connect(&host)
+        .await
+        .expect("registry accepts connections");
     let headers = [("Content-Length", declared.to_string())];
     stream
         .write_all(&request_bytes(&host, method, path, &headers, sent))
@@ -133,17 +165,25 @@ async fn send_truncated(registry: &TestRegistry, method: &str, path: &str, decla
 /// the first code.
 fn error_body_code(content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
     if !content_type.is_some_and(|value| value.starts_with("application/json")) {
-        return Err(format!("error Content-Type is {content_type:?}, not application/json"));
+        return Err(format!(
+            "error Content-Type is {content_type:?}, not application/json"
+        ));
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| format!("error body is not JSON ({error}): {}", String::from_utf8_lossy(body)))?;
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        format!(
+            "error body is not JSON ({error}): {}",
+            String::from_utf8_lossy(body)
+        )
+    })?;
     let errors = value["errors"]
         .as_array()
         .filter(|errors| !errors.is_empty())
         .ok_or_else(|| format!("error body has no `errors` list: {value}"))?;
     for error in errors {
         let code_ok = error["code"].as_str().is_some_and(|code| !code.is_empty());
-        let message_ok = error["message"].as_str().is_some_and(|message| !message.is_empty());
+        let message_ok = error["message"]
+            .as_str()
+            .is_some_and(|message| !message.is_empty());
         if !code_ok || !message_ok {
             return Err(format!("error entry lacks a code or a message: {error}"));
         }
@@ -191,17 +231,33 @@ async fn start_upload(registry: &TestRegistry, name: &str) -> String {
 }
 
 /// Appends a chunk at `start`, asserting the registry acknowledged it.
-async fn patch_chunk(registry: &TestRegistry, location: &str, start: usize, bytes: &[u8]) -> String {
+async fn patch_chunk(
+    registry: &TestRegistry,
+    location: &str,
+    start: usize,
+    bytes: &[u8],
+) -> String {
     let response = registry
         .request(Method::PATCH, location)
-        .header("content-range", format!("{start}-{}", start + bytes.len() - 1))
+        .header(
+            "content-range",
+            format!("{start}-{}", start + bytes.len() - 1),
+        )
         .header("content-type", "application/octet-stream")
         .body(bytes.to_vec())
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
-    assert_eq!(header(&response, "range"), format!("0-{}", start + bytes.len() - 1));
+    assert_eq!(
+        response.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        response.text().await.unwrap()
+    );
+    assert_eq!(
+        header(&response, "range"),
+        format!("0-{}", start + bytes.len() - 1)
+    );
     header(&response, "location")
 }
 
@@ -211,7 +267,11 @@ async fn upload_status(registry: &TestRegistry, location: &str) -> Result<String
     if response.status() == StatusCode::NO_CONTENT {
         Ok(header(&response, "range"))
     } else {
-        Err(format!("{} {}", response.status().as_u16(), error_code(response).await))
+        Err(format!(
+            "{} {}",
+            response.status().as_u16(),
+            error_code(response).await
+        ))
     }
 }
 
@@ -234,7 +294,13 @@ struct Case {
     response_headers: Vec<(&'static str, String)>,
 }
 
-fn case(what: &'static str, method: &'static str, path: impl Into<String>, status: u16, code: &'static str) -> Case {
+fn case(
+    what: &'static str,
+    method: &'static str,
+    path: impl Into<String>,
+    status: u16,
+    code: &'static str,
+) -> Case {
     Case {
         what,
         method,
@@ -309,7 +375,10 @@ async fn fixture() -> Fixture {
     let response = registry
         .request(
             Method::PUT,
-            &with_query(&finished_upload, &format!("digest={}", sha256(finished_bytes))),
+            &with_query(
+                &finished_upload,
+                &format!("digest={}", sha256(finished_bytes)),
+            ),
         )
         .body(finished_bytes.to_vec())
         .send()
@@ -318,7 +387,11 @@ async fn fixture() -> Fixture {
     assert_eq!(response.status(), StatusCode::CREATED);
 
     let cancelled_upload = start_upload(&registry, NAME).await;
-    let response = registry.request(Method::DELETE, &cancelled_upload).send().await.unwrap();
+    let response = registry
+        .request(Method::DELETE, &cancelled_upload)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
 
     Fixture {
@@ -341,13 +414,22 @@ async fn fixture() -> Fixture {
 impl Fixture {
     /// Checks that the content pushed before is still served byte for byte.
     async fn check_content(&self) -> Result<(), String> {
-        let response = self.registry.get(&format!("/v2/{NAME}/manifests/latest")).await;
+        let response = self
+            .registry
+            .get(&format!("/v2/{NAME}/manifests/latest"))
+            .await;
         let status = response.status();
         let body = response.bytes().await.unwrap();
         if status != StatusCode::OK || body.as_ref() != self.manifest.as_slice() {
-            return Err(format!("manifest `latest` changed: {status} {}", String::from_utf8_lossy(&body)));
+            return Err(format!(
+                "manifest `latest` changed: {status} {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
-        let response = self.registry.get(&format!("/v2/{NAME}/blobs/{}", self.layer_digest)).await;
+        let response = self
+            .registry
+            .get(&format!("/v2/{NAME}/blobs/{}", self.layer_digest))
+            .await;
         let status = response.status();
         let body = response.bytes().await.unwrap();
         if status != StatusCode::OK || body.as_ref() != self.layer.as_slice() {
@@ -375,7 +457,13 @@ impl Fixture {
 }
 
 fn upload_id(location: &str) -> &str {
-    location.rsplit('/').next().unwrap().split('?').next().unwrap()
+    location
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
 }
 
 fn cases(fixture: &Fixture) -> Vec<Case> {
@@ -390,7 +478,10 @@ fn cases(fixture: &Fixture) -> Vec<Case> {
     let open = fixture.open_upload.clone();
     let finished = fixture.finished_upload.clone();
     let cancelled = fixture.cancelled_upload.clone();
-    let foreign_upload = format!("/v2/{NAME}/blobs/uploads/{}", upload_id(&fixture.other_upload));
+    let foreign_upload = format!(
+        "/v2/{NAME}/blobs/uploads/{}",
+        upload_id(&fixture.other_upload)
+    );
     let chunk = b"0123456789".to_vec();
     let wrong_blob = b"these bytes do not hash to the digest claimed".to_vec();
     let a_digest = |location: &str| with_query(location, &format!("digest={}", sha256(&chunk)));
@@ -398,197 +489,795 @@ fn cases(fixture: &Fixture) -> Vec<Case> {
     vec![
         // Blob uploads whose content does not match the digest: nothing stored,
         // and the session opened for a monolithic upload is gone again.
-        case("monolithic POST with the wrong digest", "POST",
-            format!("/v2/{NAME}/blobs/uploads/?digest={}", sha256(b"something else")), 400, "DIGEST_INVALID")
-            .body(wrong_blob.clone()),
-        case("monolithic POST with a malformed digest", "POST",
-            format!("/v2/{NAME}/blobs/uploads/?digest=sha256:nothex"), 400, "DIGEST_INVALID")
-            .body(wrong_blob.clone()),
-        case("monolithic POST with an unsupported algorithm", "POST",
-            format!("/v2/{NAME}/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e"), 400, "DIGEST_INVALID")
-            .body(wrong_blob.clone()),
-        case("PUT finishing an upload with a malformed digest", "PUT",
-            with_query(&open, "digest=sha256:123"), 400, "DIGEST_INVALID"),
-
+        case(
+            "monolithic POST with the wrong digest",
+            "POST",
+            format!(
+                "/v2/{NAME}/blobs/uploads/?digest={}",
+                sha256(b"something else")
+            ),
+            400,
+            "DIGEST_INVALID",
+        )
+        .body(wrong_blob.clone()),
+        case(
+            "monolithic POST with a malformed digest",
+            "POST",
+            format!("/v2/{NAME}/blobs/uploads/?digest=sha256:nothex"),
+            400,
+            "DIGEST_INVALID",
+        )
+        .body(wrong_blob.clone()),
+        case(
+            "monolithic POST with an unsupported algorithm",
+            "POST",
+            format!("/v2/{NAME}/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e"),
+            400,
+            "DIGEST_INVALID",
+        )
+        .body(wrong_blob.clone()),
+        case(
+            "PUT finishing an upload with a malformed digest",
+            "PUT",
+            with_query(&open, "digest=sha256:123"),
+            400,
+            "DIGEST_INVALID",
+        ),
         // Chunks out of order: 416 with the Range the registry holds.
-        case("chunk starting past the upload's end", "PATCH", open.clone(), 416, "BLOB_UPLOAD_INVALID")
-            .header("Content-Range", "20-29").body(chunk.clone())
-            .expect_header("range", "0-9"),
-        case("chunk overlapping what the upload holds", "PATCH", open.clone(), 416, "BLOB_UPLOAD_INVALID")
-            .header("Content-Range", "5-14").body(chunk.clone())
-            .expect_header("range", "0-9"),
-        case("first chunk sent again", "PATCH", open.clone(), 416, "BLOB_UPLOAD_INVALID")
-            .header("Content-Range", "0-9").body(chunk.clone())
-            .expect_header("range", "0-9"),
-        case("PUT whose last chunk starts past the upload's end", "PUT", a_digest(&open), 416, "BLOB_UPLOAD_INVALID")
-            .header("Content-Range", "11-20").body(chunk.clone())
-            .expect_header("range", "0-9"),
-        case("Content-Range longer than the body", "PATCH", open.clone(), 400, "SIZE_INVALID")
-            .header("Content-Range", "10-29").body(chunk.clone()),
-        case("malformed Content-Range", "PATCH", open.clone(), 400, "BLOB_UPLOAD_INVALID")
-            .header("Content-Range", "ten-twenty").body(chunk.clone()),
-
+        case(
+            "chunk starting past the upload's end",
+            "PATCH",
+            open.clone(),
+            416,
+            "BLOB_UPLOAD_INVALID",
+        )
+        .header("Content-Range", "20-29")
+        .body(chunk.clone())
+        .expect_header("range", "0-9"),
+        case(
+            "chunk overlapping what the upload holds",
+            "PATCH",
+            open.clone(),
+            416,
+            "BLOB_UPLOAD_INVALID",
+        )
+        .header("Content-Range", "5-14")
+        .body(chunk.clone())
+        .expect_header("range", "0-9"),
+        case(
+            "first chunk sent again",
+            "PATCH",
+            open.clone(),
+            416,
+            "BLOB_UPLOAD_INVALID",
+        )
+        .header("Content-Range", "0-9")
+        .body(chunk.clone())
+        .expect_header("range", "0-9"),
+        case(
+            "PUT whose last chunk starts past the upload's end",
+            "PUT",
+            a_digest(&open),
+            416,
+            "BLOB_UPLOAD_INVALID",
+        )
+        .header("Content-Range", "11-20")
+        .body(chunk.clone())
+        .expect_header("range", "0-9"),
+        case(
+            "Content-Range longer than the body",
+            "PATCH",
+            open.clone(),
+            400,
+            "SIZE_INVALID",
+        )
+        .header("Content-Range", "10-29")
+        .body(chunk.clone()),
+        case(
+            "malformed Content-Range",
+            "PATCH",
+            open.clone(),
+            400,
+            "BLOB_UPLOAD_INVALID",
+        )
+        .header("Content-Range", "ten-twenty")
+        .body(chunk.clone()),
         // Upload URLs of sessions that are gone or belong elsewhere.
-        case("status of a finished upload", "GET", finished.clone(), 404, "BLOB_UPLOAD_UNKNOWN"),
-        case("chunk to a finished upload", "PATCH", finished.clone(), 404, "BLOB_UPLOAD_UNKNOWN")
-            .header("Content-Range", "0-9").body(chunk.clone()),
-        case("PUT to a finished upload", "PUT", a_digest(&finished), 404, "BLOB_UPLOAD_UNKNOWN")
-            .body(chunk.clone()),
-        case("cancel of a finished upload", "DELETE", finished.clone(), 404, "BLOB_UPLOAD_UNKNOWN"),
-        case("status of a cancelled upload", "GET", cancelled.clone(), 404, "BLOB_UPLOAD_UNKNOWN"),
-        case("chunk to a cancelled upload", "PATCH", cancelled.clone(), 404, "BLOB_UPLOAD_UNKNOWN")
-            .header("Content-Range", "0-9").body(chunk.clone()),
-        case("PUT to a cancelled upload", "PUT", a_digest(&cancelled), 404, "BLOB_UPLOAD_UNKNOWN")
-            .body(chunk.clone()),
-        case("status of another repository's upload", "GET", foreign_upload.clone(), 404, "BLOB_UPLOAD_UNKNOWN"),
-        case("chunk to another repository's upload", "PATCH", foreign_upload.clone(), 404, "BLOB_UPLOAD_UNKNOWN")
-            .header("Content-Range", "0-9").body(chunk.clone()),
-        case("PUT to another repository's upload", "PUT", a_digest(&foreign_upload), 404, "BLOB_UPLOAD_UNKNOWN")
-            .body(chunk.clone()),
-        case("cancel of another repository's upload", "DELETE", foreign_upload.clone(), 404, "BLOB_UPLOAD_UNKNOWN"),
-        case("upload id that is no UUID", "GET", format!("/v2/{NAME}/blobs/uploads/not-a-uuid"), 404, "BLOB_UPLOAD_UNKNOWN"),
-        case("upload id as an upper-case UUID", "GET",
-            format!("/v2/{NAME}/blobs/uploads/{}", upload_id(&open).to_ascii_uppercase()), 404, "BLOB_UPLOAD_UNKNOWN"),
-        case("upload id climbing out of the directory", "PATCH",
-            format!("/v2/{NAME}/blobs/uploads/..%2F..%2Fkai.db"), 404, "BLOB_UPLOAD_UNKNOWN")
-            .body(chunk.clone()),
-
+        case(
+            "status of a finished upload",
+            "GET",
+            finished.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        case(
+            "chunk to a finished upload",
+            "PATCH",
+            finished.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .header("Content-Range", "0-9")
+        .body(chunk.clone()),
+        case(
+            "PUT to a finished upload",
+            "PUT",
+            a_digest(&finished),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .body(chunk.clone()),
+        case(
+            "cancel of a finished upload",
+            "DELETE",
+            finished.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        case(
+            "status of a cancelled upload",
+            "GET",
+            cancelled.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        case(
+            "chunk to a cancelled upload",
+            "PATCH",
+            cancelled.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .header("Content-Range", "0-9")
+        .body(chunk.clone()),
+        case(
+            "PUT to a cancelled upload",
+            "PUT",
+            a_digest(&cancelled),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .body(chunk.clone()),
+        case(
+            "status of another repository's upload",
+            "GET",
+            foreign_upload.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        case(
+            "chunk to another repository's upload",
+            "PATCH",
+            foreign_upload.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .header("Content-Range", "0-9")
+        .body(chunk.clone()),
+        case(
+            "PUT to another repository's upload",
+            "PUT",
+            a_digest(&foreign_upload),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .body(chunk.clone()),
+        case(
+            "cancel of another repository's upload",
+            "DELETE",
+            foreign_upload.clone(),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        case(
+            "upload id that is no UUID",
+            "GET",
+            format!("/v2/{NAME}/blobs/uploads/not-a-uuid"),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        case(
+            "upload id as an upper-case UUID",
+            "GET",
+            format!(
+                "/v2/{NAME}/blobs/uploads/{}",
+                upload_id(&open).to_ascii_uppercase()
+            ),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        case(
+            "upload id climbing out of the directory",
+            "PATCH",
+            format!("/v2/{NAME}/blobs/uploads/..%2F..%2Fkai.db"),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .body(chunk.clone()),
         // Repository names outside the grammar.
-        case("name with ..", "GET", "/v2/acme/../app/manifests/latest", 400, "NAME_INVALID"),
-        case("name that is ..", "GET", "/v2/../tags/list", 400, "NAME_INVALID"),
-        case("upload to a name with ..", "POST", "/v2/acme/../../blobs/uploads/", 400, "NAME_INVALID"),
-        case("manifest PUT to a name with ..", "PUT", "/v2/acme/../app/manifests/latest", 400, "NAME_INVALID")
-            .manifest(OCI_MANIFEST, fixture.manifest.clone()),
-        case("name with upper case", "GET", "/v2/Acme/App/manifests/latest", 400, "NAME_INVALID"),
-        case("upload to a name with upper case", "POST", "/v2/Acme/blobs/uploads/", 400, "NAME_INVALID"),
-        case("name with an empty component", "GET", "/v2/acme//app/tags/list", 400, "NAME_INVALID"),
-        case("name ending in a slash", "GET", "/v2/acme/app//manifests/latest", 400, "NAME_INVALID"),
-        case("name of 256 characters", "GET", format!("/v2/{long_name}/tags/list"), 400, "NAME_INVALID"),
-        case("nested name of 256 characters", "PUT", format!("/v2/{long_nested_name}/manifests/latest"), 400, "NAME_INVALID")
-            .manifest(OCI_MANIFEST, fixture.manifest.clone()),
-        case("name with a space", "GET", "/v2/acme/my%20app/tags/list", 400, "NAME_INVALID"),
-        case("mount from an invalid name", "POST",
-            format!("/v2/{NAME}/blobs/uploads/?mount={}&from=Other/..", fixture.layer_digest), 400, "NAME_INVALID"),
-
+        case(
+            "name with ..",
+            "GET",
+            "/v2/acme/../app/manifests/latest",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "name that is ..",
+            "GET",
+            "/v2/../tags/list",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "upload to a name with ..",
+            "POST",
+            "/v2/acme/../../blobs/uploads/",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "manifest PUT to a name with ..",
+            "PUT",
+            "/v2/acme/../app/manifests/latest",
+            400,
+            "NAME_INVALID",
+        )
+        .manifest(OCI_MANIFEST, fixture.manifest.clone()),
+        case(
+            "name with upper case",
+            "GET",
+            "/v2/Acme/App/manifests/latest",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "upload to a name with upper case",
+            "POST",
+            "/v2/Acme/blobs/uploads/",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "name with an empty component",
+            "GET",
+            "/v2/acme//app/tags/list",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "name ending in a slash",
+            "GET",
+            "/v2/acme/app//manifests/latest",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "name of 256 characters",
+            "GET",
+            format!("/v2/{long_name}/tags/list"),
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "nested name of 256 characters",
+            "PUT",
+            format!("/v2/{long_nested_name}/manifests/latest"),
+            400,
+            "NAME_INVALID",
+        )
+        .manifest(OCI_MANIFEST, fixture.manifest.clone()),
+        case(
+            "name with a space",
+            "GET",
+            "/v2/acme/my%20app/tags/list",
+            400,
+            "NAME_INVALID",
+        ),
+        case(
+            "mount from an invalid name",
+            "POST",
+            format!(
+                "/v2/{NAME}/blobs/uploads/?mount={}&from=Other/..",
+                fixture.layer_digest
+            ),
+            400,
+            "NAME_INVALID",
+        ),
         // Tags outside the grammar.
-        case("tag starting with a dot", "GET", format!("/v2/{NAME}/manifests/.x"), 400, "TAG_INVALID"),
-        case("tag of 129 characters", "GET", format!("/v2/{NAME}/manifests/{long_tag}"), 400, "TAG_INVALID"),
-        case("PUT to a tag starting with a dot", "PUT", format!("/v2/{NAME}/manifests/.x"), 400, "TAG_INVALID")
-            .manifest(OCI_MANIFEST, fixture.manifest.clone()),
-        case("PUT to a tag of 129 characters", "PUT", format!("/v2/{NAME}/manifests/{long_tag}"), 400, "TAG_INVALID")
-            .manifest(OCI_MANIFEST, fixture.manifest.clone()),
-        case("PUT with an invalid ?tag=", "PUT",
-            format!("/v2/{NAME}/manifests/{}?tag=.x", fixture.manifest_digest), 400, "TAG_INVALID")
-            .manifest(OCI_MANIFEST, fixture.manifest.clone()),
-
+        case(
+            "tag starting with a dot",
+            "GET",
+            format!("/v2/{NAME}/manifests/.x"),
+            400,
+            "TAG_INVALID",
+        ),
+        case(
+            "tag of 129 characters",
+            "GET",
+            format!("/v2/{NAME}/manifests/{long_tag}"),
+            400,
+            "TAG_INVALID",
+        ),
+        case(
+            "PUT to a tag starting with a dot",
+            "PUT",
+            format!("/v2/{NAME}/manifests/.x"),
+            400,
+            "TAG_INVALID",
+        )
+        .manifest(OCI_MANIFEST, fixture.manifest.clone()),
+        case(
+            "PUT to a tag of 129 characters",
+            "PUT",
+            format!("/v2/{NAME}/manifests/{long_tag}"),
+            400,
+            "TAG_INVALID",
+        )
+        .manifest(OCI_MANIFEST, fixture.manifest.clone()),
+        case(
+            "PUT with an invalid ?tag=",
+            "PUT",
+            format!("/v2/{NAME}/manifests/{}?tag=.x", fixture.manifest_digest),
+            400,
+            "TAG_INVALID",
+        )
+        .manifest(OCI_MANIFEST, fixture.manifest.clone()),
         // Malformed digests in paths.
-        case("blob digest too short", "GET", format!("/v2/{NAME}/blobs/sha256:123"), 400, "DIGEST_INVALID"),
-        case("blob digest in upper case", "GET",
-            format!("/v2/{NAME}/blobs/{}", fixture.layer_digest.to_ascii_uppercase().replace("SHA256", "sha256")), 400, "DIGEST_INVALID"),
-        case("blob digest of an unknown algorithm", "GET",
-            format!("/v2/{NAME}/blobs/md5:d41d8cd98f00b204e9800998ecf8427e"), 400, "DIGEST_INVALID"),
-        case("blob named by a tag", "GET", format!("/v2/{NAME}/blobs/latest"), 400, "DIGEST_INVALID"),
-        case("manifest digest too short", "GET", format!("/v2/{NAME}/manifests/sha256:abc"), 400, "DIGEST_INVALID"),
-        case("manifest digest with no hex", "DELETE", format!("/v2/{NAME}/manifests/sha256:"), 400, "DIGEST_INVALID"),
-        case("referrers of a malformed digest", "GET", format!("/v2/{NAME}/referrers/sha256:xyz"), 400, "DIGEST_INVALID"),
-        case("blob DELETE of a malformed digest", "DELETE", format!("/v2/{NAME}/blobs/sha256:00"), 400, "DIGEST_INVALID"),
-
+        case(
+            "blob digest too short",
+            "GET",
+            format!("/v2/{NAME}/blobs/sha256:123"),
+            400,
+            "DIGEST_INVALID",
+        ),
+        case(
+            "blob digest in upper case",
+            "GET",
+            format!(
+                "/v2/{NAME}/blobs/{}",
+                fixture
+                    .layer_digest
+                    .to_ascii_uppercase()
+                    .replace("SHA256", "sha256")
+            ),
+            400,
+            "DIGEST_INVALID",
+        ),
+        case(
+            "blob digest of an unknown algorithm",
+            "GET",
+            format!("/v2/{NAME}/blobs/md5:d41d8cd98f00b204e9800998ecf8427e"),
+            400,
+            "DIGEST_INVALID",
+        ),
+        case(
+            "blob named by a tag",
+            "GET",
+            format!("/v2/{NAME}/blobs/latest"),
+            400,
+            "DIGEST_INVALID",
+        ),
+        case(
+            "manifest digest too short",
+            "GET",
+            format!("/v2/{NAME}/manifests/sha256:abc"),
+            400,
+            "DIGEST_INVALID",
+        ),
+        case(
+            "manifest digest with no hex",
+            "DELETE",
+            format!("/v2/{NAME}/manifests/sha256:"),
+            400,
+            "DIGEST_INVALID",
+        ),
+        case(
+            "referrers of a malformed digest",
+            "GET",
+            format!("/v2/{NAME}/referrers/sha256:xyz"),
+            400,
+            "DIGEST_INVALID",
+        ),
+        case(
+            "blob DELETE of a malformed digest",
+            "DELETE",
+            format!("/v2/{NAME}/blobs/sha256:00"),
+            400,
+            "DIGEST_INVALID",
+        ),
         // Manifests that must not be stored. All go to the existing tag
         // `latest`, which must keep its manifest.
-        case("manifest naming an unknown layer", "PUT", manifest_path.clone(), 400, "MANIFEST_BLOB_UNKNOWN")
-            .manifest(OCI_MANIFEST, image_manifest(config, &[(&never_pushed, 12)])),
-        case("manifest naming an unknown config", "PUT", manifest_path.clone(), 400, "MANIFEST_BLOB_UNKNOWN")
-            .manifest(OCI_MANIFEST, image_manifest((&never_pushed, 12), &[layer])),
-        case("manifest naming a blob only another repository holds", "PUT", manifest_path.clone(), 400, "MANIFEST_BLOB_UNKNOWN")
-            .manifest(OCI_MANIFEST, image_manifest(config, &[(&fixture.other_blob_digest, fixture.other_blob_size)])),
-        case("index naming an unknown child manifest", "PUT", manifest_path.clone(), 400, "MANIFEST_BLOB_UNKNOWN")
-            .manifest(OCI_INDEX, serde_json::to_vec(&json!({
+        case(
+            "manifest naming an unknown layer",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_BLOB_UNKNOWN",
+        )
+        .manifest(OCI_MANIFEST, image_manifest(config, &[(&never_pushed, 12)])),
+        case(
+            "manifest naming an unknown config",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_BLOB_UNKNOWN",
+        )
+        .manifest(OCI_MANIFEST, image_manifest((&never_pushed, 12), &[layer])),
+        case(
+            "manifest naming a blob only another repository holds",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_BLOB_UNKNOWN",
+        )
+        .manifest(
+            OCI_MANIFEST,
+            image_manifest(
+                config,
+                &[(&fixture.other_blob_digest, fixture.other_blob_size)],
+            ),
+        ),
+        case(
+            "index naming an unknown child manifest",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_BLOB_UNKNOWN",
+        )
+        .manifest(
+            OCI_INDEX,
+            serde_json::to_vec(&json!({
                 "schemaVersion": 2,
                 "mediaType": OCI_INDEX,
                 "manifests": [{"mediaType": OCI_MANIFEST, "digest": never_pushed, "size": 100,
                     "platform": {"architecture": "amd64", "os": "linux"}}],
-            })).unwrap()),
-        case("invalid JSON", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, &b"{\"schemaVersion\": 2, \"config\": "[..]),
-        case("empty body", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, Vec::new()),
-        case("JSON that is not an object", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, &b"[1, 2, 3]"[..]),
-        case("schema version 1", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest("application/vnd.docker.distribution.manifest.v1+prettyjws",
-                &br#"{"schemaVersion": 1, "name": "acme/app", "tag": "latest", "fsLayers": []}"#[..]),
-        case("layer with the wrong size", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, image_manifest(config, &[(layer.0, layer.1 + 1)])),
-        case("config with the wrong size", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, image_manifest((config.0, config.1 - 1), &[layer])),
-        case("index entry with the wrong size", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_INDEX, fixture.valid_index(fixture.manifest.len() + 1)),
-        case("layer with a negative size", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, with_layer_size(&image_manifest(config, &[layer]), -(layer.1 as i64))),
-        case("layer with a malformed digest", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, image_manifest(config, &[("sha256:nothex", layer.1)])),
-        case("Content-Type index, body an image manifest", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_INDEX, fixture.manifest.clone()),
-        case("Content-Type Docker manifest, body an OCI manifest", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(crate::common::DOCKER_MANIFEST, fixture.manifest.clone()),
-        case("Content-Type image manifest, body an index", "PUT", manifest_path.clone(), 400, "MANIFEST_INVALID")
-            .manifest(OCI_MANIFEST, fixture.valid_index(fixture.manifest.len())),
-        case("PUT by a digest the body does not hash to", "PUT",
-            format!("/v2/{NAME}/manifests/{unknown_digest}"), 400, "DIGEST_INVALID")
-            .manifest(OCI_MANIFEST, fixture.manifest.clone()),
-
+            }))
+            .unwrap(),
+        ),
+        case(
+            "invalid JSON",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(OCI_MANIFEST, &b"{\"schemaVersion\": 2, \"config\": "[..]),
+        case(
+            "empty body",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(OCI_MANIFEST, Vec::new()),
+        case(
+            "JSON that is not an object",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(OCI_MANIFEST, &b"[1, 2, 3]"[..]),
+        case(
+            "schema version 1",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            &br#"{"schemaVersion": 1, "name": "acme/app", "tag": "latest", "fsLayers": []}"#[..],
+        ),
+        case(
+            "layer with the wrong size",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(
+            OCI_MANIFEST,
+            image_manifest(config, &[(layer.0, layer.1 + 1)]),
+        ),
+        case(
+            "config with the wrong size",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(
+            OCI_MANIFEST,
+            image_manifest((config.0, config.1 - 1), &[layer]),
+        ),
+        case(
+            "index entry with the wrong size",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(OCI_INDEX, fixture.valid_index(fixture.manifest.len() + 1)),
+        case(
+            "layer with a negative size",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(
+            OCI_MANIFEST,
+            with_layer_size(&image_manifest(config, &[layer]), -(layer.1 as i64)),
+        ),
+        case(
+            "layer with a malformed digest",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(
+            OCI_MANIFEST,
+            image_manifest(config, &[("sha256:nothex", layer.1)]),
+        ),
+        case(
+            "Content-Type index, body an image manifest",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(OCI_INDEX, fixture.manifest.clone()),
+        case(
+            "Content-Type Docker manifest, body an OCI manifest",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(crate::common::DOCKER_MANIFEST, fixture.manifest.clone()),
+        case(
+            "Content-Type image manifest, body an index",
+            "PUT",
+            manifest_path.clone(),
+            400,
+            "MANIFEST_INVALID",
+        )
+        .manifest(OCI_MANIFEST, fixture.valid_index(fixture.manifest.len())),
+        case(
+            "PUT by a digest the body does not hash to",
+            "PUT",
+            format!("/v2/{NAME}/manifests/{unknown_digest}"),
+            400,
+            "DIGEST_INVALID",
+        )
+        .manifest(OCI_MANIFEST, fixture.manifest.clone()),
         // Things that do not exist.
-        case("unknown tag", "GET", format!("/v2/{NAME}/manifests/nope"), 404, "MANIFEST_UNKNOWN"),
-        case("unknown tag, HEAD", "HEAD", format!("/v2/{NAME}/manifests/nope"), 404, "MANIFEST_UNKNOWN"),
-        case("unknown manifest digest", "GET", format!("/v2/{NAME}/manifests/{unknown_digest}"), 404, "MANIFEST_UNKNOWN"),
-        case("unknown manifest digest, HEAD", "HEAD", format!("/v2/{NAME}/manifests/{unknown_digest}"), 404, "MANIFEST_UNKNOWN"),
-        case("a blob's digest asked for as a manifest", "GET",
-            format!("/v2/{NAME}/manifests/{}", fixture.layer_digest), 404, "MANIFEST_UNKNOWN"),
-        case("DELETE of an unknown tag", "DELETE", format!("/v2/{NAME}/manifests/nope"), 404, "MANIFEST_UNKNOWN"),
-        case("DELETE of an unknown manifest digest", "DELETE",
-            format!("/v2/{NAME}/manifests/{unknown_digest}"), 404, "MANIFEST_UNKNOWN"),
-        case("manifest of another repository", "GET",
-            format!("/v2/{OTHER}/manifests/{}", fixture.manifest_digest), 404, "MANIFEST_UNKNOWN"),
-        case("unknown blob", "GET", format!("/v2/{NAME}/blobs/{unknown_digest}"), 404, "BLOB_UNKNOWN"),
-        case("unknown blob, HEAD", "HEAD", format!("/v2/{NAME}/blobs/{unknown_digest}"), 404, "BLOB_UNKNOWN"),
-        case("DELETE of an unknown blob", "DELETE", format!("/v2/{NAME}/blobs/{unknown_digest}"), 404, "BLOB_UNKNOWN"),
-        case("blob only another repository holds", "GET",
-            format!("/v2/{NAME}/blobs/{}", fixture.other_blob_digest), 404, "BLOB_UNKNOWN"),
-        case("manifest asked for as a blob", "GET",
-            format!("/v2/{NAME}/blobs/{}", fixture.manifest_digest), 404, "BLOB_UNKNOWN"),
-        case("tags of an unknown repository", "GET", "/v2/no/such/repo/tags/list", 404, "NAME_UNKNOWN"),
-
+        case(
+            "unknown tag",
+            "GET",
+            format!("/v2/{NAME}/manifests/nope"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "unknown tag, HEAD",
+            "HEAD",
+            format!("/v2/{NAME}/manifests/nope"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "unknown manifest digest",
+            "GET",
+            format!("/v2/{NAME}/manifests/{unknown_digest}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "unknown manifest digest, HEAD",
+            "HEAD",
+            format!("/v2/{NAME}/manifests/{unknown_digest}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "a blob's digest asked for as a manifest",
+            "GET",
+            format!("/v2/{NAME}/manifests/{}", fixture.layer_digest),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "DELETE of an unknown tag",
+            "DELETE",
+            format!("/v2/{NAME}/manifests/nope"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "DELETE of an unknown manifest digest",
+            "DELETE",
+            format!("/v2/{NAME}/manifests/{unknown_digest}"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "manifest of another repository",
+            "GET",
+            format!("/v2/{OTHER}/manifests/{}", fixture.manifest_digest),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        case(
+            "unknown blob",
+            "GET",
+            format!("/v2/{NAME}/blobs/{unknown_digest}"),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        case(
+            "unknown blob, HEAD",
+            "HEAD",
+            format!("/v2/{NAME}/blobs/{unknown_digest}"),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        case(
+            "DELETE of an unknown blob",
+            "DELETE",
+            format!("/v2/{NAME}/blobs/{unknown_digest}"),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        case(
+            "blob only another repository holds",
+            "GET",
+            format!("/v2/{NAME}/blobs/{}", fixture.other_blob_digest),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        case(
+            "manifest asked for as a blob",
+            "GET",
+            format!("/v2/{NAME}/blobs/{}", fixture.manifest_digest),
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        case(
+            "tags of an unknown repository",
+            "GET",
+            "/v2/no/such/repo/tags/list",
+            404,
+            "NAME_UNKNOWN",
+        ),
         // Ranges the blob cannot satisfy.
-        case("Range starting at the blob's end", "GET", format!("/v2/{NAME}/blobs/{}", fixture.layer_digest), 416, "RANGE_INVALID")
-            .header("Range", format!("bytes={}-", fixture.layer.len()))
-            .expect_header("content-range", format!("bytes */{}", fixture.layer.len())),
-        case("Range past the blob's end", "GET", format!("/v2/{NAME}/blobs/{}", fixture.layer_digest), 416, "RANGE_INVALID")
-            .header("Range", "bytes=1000-2000")
-            .expect_header("content-range", format!("bytes */{}", fixture.layer.len())),
-        case("Range ending before it starts", "GET", format!("/v2/{NAME}/blobs/{}", fixture.layer_digest), 416, "RANGE_INVALID")
-            .header("Range", "bytes=5-2")
-            .expect_header("content-range", format!("bytes */{}", fixture.layer.len())),
-
+        case(
+            "Range starting at the blob's end",
+            "GET",
+            format!("/v2/{NAME}/blobs/{}", fixture.layer_digest),
+            416,
+            "RANGE_INVALID",
+        )
+        .header("Range", format!("bytes={}-", fixture.layer.len()))
+        .expect_header("content-range", format!("bytes */{}", fixture.layer.len())),
+        case(
+            "Range past the blob's end",
+            "GET",
+            format!("/v2/{NAME}/blobs/{}", fixture.layer_digest),
+            416,
+            "RANGE_INVALID",
+        )
+        .header("Range", "bytes=1000-2000")
+        .expect_header("content-range", format!("bytes */{}", fixture.layer.len())),
+        case(
+            "Range ending before it starts",
+            "GET",
+            format!("/v2/{NAME}/blobs/{}", fixture.layer_digest),
+            416,
+            "RANGE_INVALID",
+        )
+        .header("Range", "bytes=5-2")
+        .expect_header("content-range", format!("bytes */{}", fixture.layer.len())),
         // Paths and methods the API does not have.
-        case("unknown path under /v2/", "GET", format!("/v2/{NAME}/unknown"), 404, "UNSUPPORTED"),
-        case("unknown endpoint after a name", "GET", format!("/v2/{NAME}/blobs"), 404, "UNSUPPORTED"),
+        case(
+            "unknown path under /v2/",
+            "GET",
+            format!("/v2/{NAME}/unknown"),
+            404,
+            "UNSUPPORTED",
+        ),
+        case(
+            "unknown endpoint after a name",
+            "GET",
+            format!("/v2/{NAME}/blobs"),
+            404,
+            "UNSUPPORTED",
+        ),
         case("another API version", "GET", "/v3/", 404, "UNSUPPORTED"),
-        case("path outside the API", "GET", "/index.html", 404, "UNSUPPORTED"),
-        case("POST to a manifest", "POST", manifest_path.clone(), 405, "UNSUPPORTED"),
-        case("PUT to a blob", "PUT", format!("/v2/{NAME}/blobs/{}", fixture.layer_digest), 405, "UNSUPPORTED")
-            .body(fixture.layer.clone()),
-        case("PATCH to the upload start", "PATCH", format!("/v2/{NAME}/blobs/uploads/"), 405, "UNSUPPORTED")
-            .body(chunk.clone()),
-        case("POST to an upload session", "POST", open.clone(), 405, "UNSUPPORTED"),
-        case("DELETE of a tag list", "DELETE", format!("/v2/{NAME}/tags/list"), 405, "UNSUPPORTED"),
-        case("DELETE of the catalog", "DELETE", "/v2/_catalog", 405, "UNSUPPORTED"),
+        case(
+            "path outside the API",
+            "GET",
+            "/index.html",
+            404,
+            "UNSUPPORTED",
+        ),
+        case(
+            "POST to a manifest",
+            "POST",
+            manifest_path.clone(),
+            405,
+            "UNSUPPORTED",
+        ),
+        case(
+            "PUT to a blob",
+            "PUT",
+            format!("/v2/{NAME}/blobs/{}", fixture.layer_digest),
+            405,
+            "UNSUPPORTED",
+        )
+        .body(fixture.layer.clone()),
+        case(
+            "PATCH to the upload start",
+            "PATCH",
+            format!("/v2/{NAME}/blobs/uploads/"),
+            405,
+            "UNSUPPORTED",
+        )
+        .body(chunk.clone()),
+        case(
+            "POST to an upload session",
+            "POST",
+            open.clone(),
+            405,
+            "UNSUPPORTED",
+        ),
+        case(
+            "DELETE of a tag list",
+            "DELETE",
+            format!("/v2/{NAME}/tags/list"),
+            405,
+            "UNSUPPORTED",
+        ),
+        case(
+            "DELETE of the catalog",
+            "DELETE",
+            "/v2/_catalog",
+            405,
+            "UNSUPPORTED",
+        ),
         case("PUT to the base", "PUT", "/v2/", 405, "UNSUPPORTED"),
-        case("DELETE of referrers", "DELETE", format!("/v2/{NAME}/referrers/{}", fixture.manifest_digest), 405, "UNSUPPORTED"),
-
+        case(
+            "DELETE of referrers",
+            "DELETE",
+            format!("/v2/{NAME}/referrers/{}", fixture.manifest_digest),
+            405,
+            "UNSUPPORTED",
+        ),
         // Pagination.
-        case("n that is no number", "GET", format!("/v2/{NAME}/tags/list?n=abc"), 400, "PAGINATION_NUMBER_INVALID"),
-        case("n that is negative", "GET", format!("/v2/{NAME}/tags/list?n=-1"), 400, "PAGINATION_NUMBER_INVALID"),
-        case("n on the catalog that is no number", "GET", "/v2/_catalog?n=ten", 400, "PAGINATION_NUMBER_INVALID"),
+        case(
+            "n that is no number",
+            "GET",
+            format!("/v2/{NAME}/tags/list?n=abc"),
+            400,
+            "PAGINATION_NUMBER_INVALID",
+        ),
+        case(
+            "n that is negative",
+            "GET",
+            format!("/v2/{NAME}/tags/list?n=-1"),
+            400,
+            "PAGINATION_NUMBER_INVALID",
+        ),
+        case(
+            "n on the catalog that is no number",
+            "GET",
+            "/v2/_catalog?n=ten",
+            400,
+            "PAGINATION_NUMBER_INVALID",
+        ),
     ]
 }
 
@@ -607,7 +1296,12 @@ async fn bad_requests_get_their_error_and_change_nothing() {
     let mut failures = Vec::new();
     for case in cases(&fixture) {
         let response = send_raw(registry, case.method, &case.path, &case.headers, &case.body).await;
-        let label = format!("{} ({} {})", case.what, case.method, case.path.chars().take(120).collect::<String>());
+        let label = format!(
+            "{} ({} {})",
+            case.what,
+            case.method,
+            case.path.chars().take(120).collect::<String>()
+        );
         if response.status != case.status {
             failures.push(format!(
                 "{label}: status {} instead of {}: {}",
@@ -627,30 +1321,52 @@ async fn bad_requests_get_their_error_and_change_nothing() {
         }
         for (name, value) in &case.response_headers {
             if response.header(name) != Some(value.as_str()) {
-                failures.push(format!("{label}: header {name} is {:?}, not {value:?}", response.header(name)));
+                failures.push(format!(
+                    "{label}: header {name} is {:?}, not {value:?}",
+                    response.header(name)
+                ));
             }
         }
         let after = settled_snapshot(registry, &before).await;
         if after != before {
-            failures.push(format!("{label}: stored content changed from {before:?} to {after:?}"));
+            failures.push(format!(
+                "{label}: stored content changed from {before:?} to {after:?}"
+            ));
         }
         if let Err(problem) = fixture.check_content().await {
             failures.push(format!("{label}: {problem}"));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // The session every chunk case was sent to still accepts the right chunk.
-    let location = patch_chunk(registry, &fixture.open_upload, 10, &fixture.open_upload_bytes[10..]).await;
+    let location = patch_chunk(
+        registry,
+        &fixture.open_upload,
+        10,
+        &fixture.open_upload_bytes[10..],
+    )
+    .await;
     let digest = sha256(&fixture.open_upload_bytes);
     let response = registry
-        .request(Method::PUT, &with_query(&location, &format!("digest={digest}")))
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={digest}")),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let blob = registry.get(&format!("/v2/{NAME}/blobs/{digest}")).await;
-    assert_eq!(blob.bytes().await.unwrap().as_ref(), fixture.open_upload_bytes.as_slice());
+    assert_eq!(
+        blob.bytes().await.unwrap().as_ref(),
+        fixture.open_upload_bytes.as_slice()
+    );
 }
 
 #[tokio::test]
@@ -665,7 +1381,10 @@ async fn wrong_digest_finishing_a_chunked_upload_stores_nothing_and_ends_the_ses
 
     let claimed = sha256(b"not what was uploaded");
     let response = registry
-        .request(Method::PUT, &with_query(&location, &format!("digest={claimed}")))
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={claimed}")),
+        )
         .send()
         .await
         .unwrap();
@@ -680,13 +1399,19 @@ async fn wrong_digest_finishing_a_chunked_upload_stores_nothing_and_ends_the_ses
         },
         staged_files: before.staged_files - 1,
     };
-    assert_eq!(after, expected, "only the session and its staged data are gone");
+    assert_eq!(
+        after, expected,
+        "only the session and its staged data are gone"
+    );
     for digest in [&claimed, &sha256(&content)] {
         let response = registry.get(&format!("/v2/{NAME}/blobs/{digest}")).await;
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(error_code(response).await, "BLOB_UNKNOWN");
     }
-    assert_eq!(upload_status(&registry, &location).await, Err("404 BLOB_UPLOAD_UNKNOWN".into()));
+    assert_eq!(
+        upload_status(&registry, &location).await,
+        Err("404 BLOB_UPLOAD_UNKNOWN".into())
+    );
     let response = registry
         .request(Method::PATCH, &location)
         .header("content-range", "25-26")
@@ -697,7 +1422,10 @@ async fn wrong_digest_finishing_a_chunked_upload_stores_nothing_and_ends_the_ses
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(response).await, "BLOB_UPLOAD_UNKNOWN");
     let response = registry
-        .request(Method::PUT, &with_query(&location, &format!("digest={}", sha256(&content))))
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={}", sha256(&content))),
+        )
         .send()
         .await
         .unwrap();
@@ -712,7 +1440,10 @@ async fn wrong_digest_with_the_last_chunk_in_the_put_stores_nothing() {
     let location = patch_chunk(&registry, &location, 0, b"abc").await;
     let before = snapshot(&registry).await;
     let response = registry
-        .request(Method::PUT, &with_query(&location, &format!("digest={}", sha256(b"abcdeX"))))
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={}", sha256(b"abcdeX"))),
+        )
         .header("content-range", "3-5")
         .body(b"def".to_vec())
         .send()
@@ -725,7 +1456,10 @@ async fn wrong_digest_with_the_last_chunk_in_the_put_stores_nothing() {
     assert_eq!(after.stored.blob_links, before.stored.blob_links);
     assert_eq!(after.stored.uploads, before.stored.uploads - 1);
     assert_eq!(after.staged_files, before.staged_files - 1);
-    assert_eq!(upload_status(&registry, &location).await, Err("404 BLOB_UPLOAD_UNKNOWN".into()));
+    assert_eq!(
+        upload_status(&registry, &location).await,
+        Err("404 BLOB_UPLOAD_UNKNOWN".into())
+    );
 }
 
 /// A body that ends before its `Content-Length` is answered, while the client
@@ -739,9 +1473,17 @@ fn assert_truncation_refused(response: Option<RawResponse>) {
 
 /// Sends the start of a request and then resets the connection, as a client
 /// that is killed does.
-async fn send_and_reset(registry: &TestRegistry, method: &str, path: &str, declared: usize, sent: &[u8]) {
+async fn send_and_reset(
+    registry: &TestRegistry,
+    method: &str,
+    path: &str,
+    declared: usize,
+    sent: &[u8],
+) {
     let host = address(registry);
-    let mut stream = TcpStream::connect(&host).await.expect("registry accepts connections");
+    let mut stream = TcpStream::connect(&host)
+        .await
+        .expect("registry accepts connections");
     let headers = [("Content-Length", declared.to_string())];
     stream
         .write_all(&request_bytes(&host, method, path, &headers, sent))
@@ -762,7 +1504,10 @@ async fn monolithic_upload_reset_by_the_client_leaves_nothing_behind() {
     let path = format!("/v2/{NAME}/blobs/uploads/?digest={}", sha256(&content));
     send_and_reset(&registry, "POST", &path, content.len(), &content[..30_000]).await;
     let after = settled_snapshot(&registry, &before).await;
-    assert_eq!(after, before, "a monolithic upload whose client vanished leaves no session or staged data");
+    assert_eq!(
+        after, before,
+        "a monolithic upload whose client vanished leaves no session or staged data"
+    );
 }
 
 #[tokio::test]
@@ -772,18 +1517,33 @@ async fn chunk_reset_by_the_client_keeps_the_acknowledged_size() {
     let location = start_upload(&registry, NAME).await;
     let location = patch_chunk(&registry, &location, 0, &content[..50_000]).await;
     let before = snapshot(&registry).await;
-    send_and_reset(&registry, "PATCH", &location, 100_000, &content[50_000..90_000]).await;
+    send_and_reset(
+        &registry,
+        "PATCH",
+        &location,
+        100_000,
+        &content[50_000..90_000],
+    )
+    .await;
     let after = settled_snapshot(&registry, &before).await;
     assert_eq!(after, before);
-    assert_eq!(upload_status(&registry, &location).await, Ok("0-49999".into()));
+    assert_eq!(
+        upload_status(&registry, &location).await,
+        Ok("0-49999".into())
+    );
     let location = patch_chunk(&registry, &location, 50_000, &content[50_000..]).await;
     let response = registry
-        .request(Method::PUT, &with_query(&location, &format!("digest={}", sha256(&content))))
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={}", sha256(&content))),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let blob = registry.get(&format!("/v2/{NAME}/blobs/{}", sha256(&content))).await;
+    let blob = registry
+        .get(&format!("/v2/{NAME}/blobs/{}", sha256(&content)))
+        .await;
     assert_eq!(blob.bytes().await.unwrap().as_ref(), content.as_slice());
 }
 
@@ -797,8 +1557,13 @@ async fn truncated_monolithic_upload_stores_nothing() {
     let response = send_truncated(&registry, "POST", &path, content.len(), &content[..400]).await;
     assert_truncation_refused(response);
     let after = settled_snapshot(&registry, &before).await;
-    assert_eq!(after, before, "a truncated monolithic upload leaves nothing behind");
-    let response = registry.get(&format!("/v2/{NAME}/blobs/{}", sha256(&content))).await;
+    assert_eq!(
+        after, before,
+        "a truncated monolithic upload leaves nothing behind"
+    );
+    let response = registry
+        .get(&format!("/v2/{NAME}/blobs/{}", sha256(&content)))
+        .await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
@@ -818,7 +1583,10 @@ async fn truncated_chunk_keeps_the_acknowledged_size_and_the_upload_resumes() {
     assert_truncation_refused(response);
     let after = settled_snapshot(&registry, &before).await;
     assert_eq!(after.stored, before.stored);
-    assert_eq!(upload_status(&registry, &location).await, Ok("0-999".into()));
+    assert_eq!(
+        upload_status(&registry, &location).await,
+        Ok("0-999".into())
+    );
 
     // A truncated last chunk on the PUT neither finishes nor advances it.
     let path = with_query(&location, &format!("digest={}", sha256(&content)));
@@ -826,19 +1594,32 @@ async fn truncated_chunk_keeps_the_acknowledged_size_and_the_upload_resumes() {
     assert_truncation_refused(response);
     let after = settled_snapshot(&registry, &before).await;
     assert_eq!(after.stored, before.stored);
-    assert_eq!(upload_status(&registry, &location).await, Ok("0-999".into()));
+    assert_eq!(
+        upload_status(&registry, &location).await,
+        Ok("0-999".into())
+    );
 
     // The client resumes from what the registry acknowledged.
     let location = patch_chunk(&registry, &location, 1000, &content[1000..2000]).await;
     let response = registry
-        .request(Method::PUT, &with_query(&location, &format!("digest={}", sha256(&content))))
+        .request(
+            Method::PUT,
+            &with_query(&location, &format!("digest={}", sha256(&content))),
+        )
         .header("content-range", "2000-2999")
         .body(content[2000..].to_vec())
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
-    let blob = registry.get(&format!("/v2/{NAME}/blobs/{}", sha256(&content))).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let blob = registry
+        .get(&format!("/v2/{NAME}/blobs/{}", sha256(&content)))
+        .await;
     assert_eq!(blob.bytes().await.unwrap().as_ref(), content.as_slice());
 }
 
@@ -853,17 +1634,23 @@ fn padded(manifest: &[u8], length: usize) -> Vec<u8> {
 #[tokio::test]
 async fn oversize_manifest_is_refused_with_413() {
     let limit = 1024;
-    let registry = TestRegistry::start_with(|config| config.limits.manifest_max_bytes = limit).await;
+    let registry =
+        TestRegistry::start_with(|config| config.limits.manifest_max_bytes = limit).await;
     let (manifest, _) = registry.push_image(NAME, "latest", b"some layer").await;
     let before = snapshot(&registry).await;
 
     let too_large = padded(&manifest, limit as usize + 1);
-    let response = registry.put_manifest(NAME, "big", OCI_MANIFEST, &too_large).await;
+    let response = registry
+        .put_manifest(NAME, "big", OCI_MANIFEST, &too_large)
+        .await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(error_code(response).await, "MANIFEST_INVALID");
 
     // Without a Content-Length the limit applies to what arrives.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = too_large.chunks(100).map(|chunk| Ok(chunk.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = too_large
+        .chunks(100)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
     let response = registry
         .request(Method::PUT, &format!("/v2/{NAME}/manifests/big"))
         .header("content-type", OCI_MANIFEST)
@@ -879,8 +1666,15 @@ async fn oversize_manifest_is_refused_with_413() {
 
     // Exactly at the limit is accepted.
     let at_limit = padded(&manifest, limit as usize);
-    let response = registry.put_manifest(NAME, "big", OCI_MANIFEST, &at_limit).await;
-    assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+    let response = registry
+        .put_manifest(NAME, "big", OCI_MANIFEST, &at_limit)
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
     let served = registry.get(&format!("/v2/{NAME}/manifests/big")).await;
     assert_eq!(served.bytes().await.unwrap().as_ref(), at_limit.as_slice());
 }
@@ -896,8 +1690,19 @@ async fn wrong_method_names_the_allowed_methods() {
         (Method::DELETE, format!("/v2/{NAME}/tags/list")),
     ];
     for (method, path) in cases {
-        let response = registry.request(method.clone(), &path).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-        assert!(!header(&response, "allow").is_empty(), "{method} {path}: 405 without an Allow header");
+        let response = registry
+            .request(method.clone(), &path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert!(
+            !header(&response, "allow").is_empty(),
+            "{method} {path}: 405 without an Allow header"
+        );
     }
 }

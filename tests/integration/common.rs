@@ -71,23 +71,40 @@ impl TestRegistry {
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.request(Method::GET, path).send().await.expect("request sent")
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .expect("request sent")
     }
 
     /// Pushes a blob monolithically and returns its digest.
     pub async fn push_blob(&self, name: &str, bytes: &[u8]) -> String {
         let digest = sha256(bytes);
         let response = self
-            .request(Method::POST, &format!("/v2/{name}/blobs/uploads/?digest={digest}"))
+            .request(
+                Method::POST,
+                &format!("/v2/{name}/blobs/uploads/?digest={digest}"),
+            )
             .body(bytes.to_vec())
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
         digest
     }
 
-    pub async fn put_manifest(&self, name: &str, reference: &str, media_type: &str, body: &[u8]) -> Response {
+    pub async fn put_manifest(
+        &self,
+        name: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Response {
         self.request(Method::PUT, &format!("/v2/{name}/manifests/{reference}"))
             .header("content-type", media_type)
             .body(body.to_vec())
@@ -105,8 +122,15 @@ impl TestRegistry {
             (&self.push_blob(name, &config).await, config.len()),
             &[(&self.push_blob(name, layer).await, layer.len())],
         );
-        let response = self.put_manifest(name, reference, OCI_MANIFEST, &manifest).await;
-        assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+        let response = self
+            .put_manifest(name, reference, OCI_MANIFEST, &manifest)
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
         let digest = sha256(&manifest);
         (manifest, digest)
     }
@@ -116,7 +140,9 @@ impl TestRegistry {
     pub async fn stored(&self) -> Stored {
         use sqlx::Connection;
         let url = format!("sqlite://{}?mode=ro", self.data.join("kai.db").display());
-        let mut connection = sqlx::SqliteConnection::connect(&url).await.expect("database opens");
+        let mut connection = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("database opens");
         let mut count = async |table: &str| -> u64 {
             let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
                 .fetch_one(&mut connection)
@@ -144,7 +170,9 @@ pub struct Stored {
 }
 
 pub fn count_files(directory: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(directory) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|entry| {
@@ -175,7 +203,10 @@ pub fn image_manifest(config: (&str, usize), layers: &[(&str, usize)]) -> Vec<u8
 /// The first OCI error code in a response body.
 pub async fn error_code(response: Response) -> String {
     let body: Value = response.json().await.expect("error body is JSON");
-    body["errors"][0]["code"].as_str().unwrap_or_default().to_owned()
+    body["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 pub fn header(response: &Response, name: &str) -> String {

@@ -30,7 +30,12 @@ impl Content {
     pub fn new(seed: u64, size: u64) -> Content {
         let mut pattern = vec![0u8; (BLOCK + SPAN) as usize];
         fill_random(seed, &mut pattern);
-        let mut content = Content { pattern: Bytes::from(pattern), seed, size, digest: String::new() };
+        let mut content = Content {
+            pattern: Bytes::from(pattern),
+            seed,
+            size,
+            digest: String::new(),
+        };
         let mut hasher = Sha256::new();
         for piece in content.pieces(0, size) {
             hasher.update(&piece);
@@ -49,7 +54,11 @@ impl Content {
 
     /// The bytes of `start..end`, as pieces that never cross a block boundary.
     pub fn pieces(&self, start: u64, end: u64) -> impl Iterator<Item = Bytes> + Send + 'static {
-        assert!(start <= end && end <= self.size, "range {start}..{end} outside a blob of {}", self.size);
+        assert!(
+            start <= end && end <= self.size,
+            "range {start}..{end} outside a blob of {}",
+            self.size
+        );
         let pattern = self.pattern.clone();
         let seed = self.seed;
         let mut offset = start;
@@ -67,7 +76,11 @@ impl Content {
     }
 
     /// The bytes of `start..end` as a request body stream.
-    pub fn stream(&self, start: u64, end: u64) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
+    pub fn stream(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
         // `Iter` is Sync only when the iterator is; collect the (tiny) list of
         // slices first rather than require that of `from_fn`'s closure.
         let pieces: Vec<Bytes> = self.pieces(start, end).collect();
@@ -92,7 +105,10 @@ impl Content {
 }
 
 fn block_start(seed: u64, block: u64) -> u64 {
-    (block.wrapping_mul(40_503).wrapping_add(seed.wrapping_mul(7_919))) % SPAN
+    (block
+        .wrapping_mul(40_503)
+        .wrapping_add(seed.wrapping_mul(7_919)))
+        % SPAN
 }
 
 /// Fills `buffer` with splitmix64 output: fast, and the same on every run.
@@ -120,7 +136,10 @@ mod tests {
     #[test]
     fn pieces_cover_the_range_and_digest_matches_a_plain_hash() {
         let content = Content::new(7, 3 * BLOCK + 12_345);
-        let all: Vec<u8> = content.pieces(0, content.size()).flat_map(|piece| piece.to_vec()).collect();
+        let all: Vec<u8> = content
+            .pieces(0, content.size())
+            .flat_map(|piece| piece.to_vec())
+            .collect();
         assert_eq!(all.len() as u64, content.size());
         assert_eq!(sha256_digest(&all), content.digest());
         let (start, end) = (BLOCK - 10, 2 * BLOCK + 10);

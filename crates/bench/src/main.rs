@@ -8,6 +8,7 @@
 //! never becomes a figure. See BENCHMARKS.md at the repository root.
 
 mod content;
+mod load;
 mod registry;
 mod report;
 mod scenarios;
@@ -29,7 +30,9 @@ use crate::server::{process_usage, Server};
 const DEFAULT_REFERENCE: &str = "/usr/bin/docker-registry";
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmarks Kai against the reference registry (CNCF distribution) on this machine")]
+#[command(
+    about = "Benchmarks Kai against the reference registry (CNCF distribution) on this machine"
+)]
 struct Args {
     /// Rounds; each runs every scenario on both servers, in alternating order.
     #[arg(long, default_value_t = 3)]
@@ -79,7 +82,11 @@ async fn main() -> ExitCode {
 
 /// Returns whether every check passed.
 async fn run(args: Args) -> Result<bool> {
-    let mut sizes = if args.smoke { Sizes::smoke() } else { Sizes::full() };
+    let mut sizes = if args.smoke {
+        Sizes::smoke()
+    } else {
+        Sizes::full()
+    };
     if let Some(entries) = args.entries {
         if entries == 0 {
             bail!("--entries must be at least 1");
@@ -90,23 +97,47 @@ async fn run(args: Args) -> Result<bool> {
         sizes.full_catalog_walk_max = max;
     }
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
-    let known: Vec<&str> = Scenario::ALL.iter().map(|scenario| scenario.key()).chain(["big"]).collect();
+    let known: Vec<&str> = Scenario::ALL
+        .iter()
+        .map(|scenario| scenario.key())
+        .chain(["big"])
+        .collect();
     if let Some(unknown) = args.only.iter().find(|key| !known.contains(&key.as_str())) {
-        bail!("--only: unknown scenario {unknown:?}; known: {}", known.join(", "));
+        bail!(
+            "--only: unknown scenario {unknown:?}; known: {}",
+            known.join(", ")
+        );
     }
     let selected = |key: &str| args.only.is_empty() || args.only.iter().any(|only| only == key);
-    let mut scenarios: Vec<Scenario> = Scenario::ALL.iter().copied().filter(|scenario| selected(scenario.key())).collect();
+    let mut scenarios: Vec<Scenario> = Scenario::ALL
+        .iter()
+        .copied()
+        .filter(|scenario| selected(scenario.key()))
+        .collect();
     // The listings need their population; the pulls need the pushed blob.
-    if (scenarios.contains(&Scenario::TagList) || scenarios.contains(&Scenario::Catalog)) && !scenarios.contains(&Scenario::Populate) {
-        scenarios.insert(scenarios.iter().position(|s| matches!(s, Scenario::TagList | Scenario::Catalog)).unwrap_or(0), Scenario::Populate);
+    if (scenarios.contains(&Scenario::TagList) || scenarios.contains(&Scenario::Catalog))
+        && !scenarios.contains(&Scenario::Populate)
+    {
+        scenarios.insert(
+            scenarios
+                .iter()
+                .position(|s| matches!(s, Scenario::TagList | Scenario::Catalog))
+                .unwrap_or(0),
+            Scenario::Populate,
+        );
     }
-    if (scenarios.contains(&Scenario::PullWhole) || scenarios.contains(&Scenario::PullRange)) && !scenarios.contains(&Scenario::PushMonolithic) {
+    if (scenarios.contains(&Scenario::PullWhole) || scenarios.contains(&Scenario::PullRange))
+        && !scenarios.contains(&Scenario::PushMonolithic)
+    {
         scenarios.insert(0, Scenario::PushMonolithic);
     }
 
     let reference_binary = ensure_reference(&args.reference)?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let kai_binary = args.kai.clone().unwrap_or_else(|| workspace.join("target/release/kai"));
+    let kai_binary = args
+        .kai
+        .clone()
+        .unwrap_or_else(|| workspace.join("target/release/kai"));
     if !args.against_self && !kai_binary.is_file() {
         bail!(
             "no Kai binary at {}: build it with `cargo build --release --bin kai`, pass --kai PATH, \
@@ -115,7 +146,8 @@ async fn run(args: Args) -> Result<bool> {
         );
     }
     let workdir = args.workdir.clone().unwrap_or_else(std::env::temp_dir);
-    let reference_version = command_output(&reference_binary, &["--version"]).unwrap_or_else(|_| "version unknown".into());
+    let reference_version = command_output(&reference_binary, &["--version"])
+        .unwrap_or_else(|_| "version unknown".into());
 
     eprintln!("kai-bench: starting the servers");
     let candidate = if args.against_self {
@@ -125,7 +157,10 @@ async fn run(args: Args) -> Result<bool> {
     };
     let reference = Server::start_reference("reference", &reference_binary, &workdir).await?;
     let mut targets = [Target::new(candidate)?, Target::new(reference)?];
-    let labels = [targets[0].server.label.clone(), targets[1].server.label.clone()];
+    let labels = [
+        targets[0].server.label.clone(),
+        targets[1].server.label.clone(),
+    ];
 
     let mut results = Results {
         machine: machine(),
@@ -133,9 +168,21 @@ async fn run(args: Args) -> Result<bool> {
         smoke: args.smoke,
         rounds,
         servers: labels.clone(),
-        settings: settings(&args, &kai_binary, &reference_binary, &reference_version, &workdir),
+        settings: settings(
+            &args,
+            &kai_binary,
+            &reference_binary,
+            &reference_version,
+            &workdir,
+        ),
         sizes: sizes.clone(),
-        metrics: report::metric_specs(&sizes).into_iter().map(|spec| MetricResult { spec, values: Vec::new() }).collect(),
+        metrics: report::metric_specs(&sizes)
+            .into_iter()
+            .map(|spec| MetricResult {
+                spec,
+                values: Vec::new(),
+            })
+            .collect(),
         resources: Vec::new(),
         big_blob: Vec::new(),
         notes: Vec::new(),
@@ -147,15 +194,28 @@ async fn run(args: Args) -> Result<bool> {
     if targets.iter().any(|target| !target.server.reset_peak_rss()) {
         results.note("the kernel refused to reset VmHWM (clear_refs), so peak RSS figures are since the server started".into());
     }
-    let scenario_timeout = if args.smoke { Duration::from_secs(120) } else { Duration::from_secs(40 * 60) };
+    let scenario_timeout = if args.smoke {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(40 * 60)
+    };
 
     for round in 1..=rounds {
         let (monolithic, chunked) = tokio::task::spawn_blocking({
             let size = sizes.blob;
-            move || (Content::new(1_000 + u64::from(round), size), Content::new(2_000 + u64::from(round), size))
+            move || {
+                (
+                    Content::new(1_000 + u64::from(round), size),
+                    Content::new(2_000 + u64::from(round), size),
+                )
+            }
         })
         .await?;
-        let input = scenarios::RoundInput { round, monolithic: Arc::new(monolithic), chunked: Arc::new(chunked) };
+        let input = scenarios::RoundInput {
+            round,
+            monolithic: Arc::new(monolithic),
+            chunked: Arc::new(chunked),
+        };
         let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
         let mut round_peak = [0f64; 2];
         let mut round_cpu = [0f64; 2];
@@ -172,7 +232,9 @@ async fn run(args: Args) -> Result<bool> {
                 let before = target.server.usage()?;
                 let client_before = process_usage(std::process::id())?;
                 let started = Instant::now();
-                let outcome = tokio::time::timeout(scenario_timeout, target.run(scenario, &input, &sizes)).await;
+                let outcome =
+                    tokio::time::timeout(scenario_timeout, target.run(scenario, &input, &sizes))
+                        .await;
                 let elapsed = started.elapsed();
                 let client_after = process_usage(std::process::id())?;
                 let running = target.server.check_running();
@@ -195,7 +257,12 @@ async fn run(args: Args) -> Result<bool> {
                     }
                     Ok(Err(error)) => {
                         progress.push_str("  FAILED");
-                        results.failures.push(failure(round, &labels[index], scenario.key(), format!("{error:#}")));
+                        results.failures.push(failure(
+                            round,
+                            &labels[index],
+                            scenario.key(),
+                            format!("{error:#}"),
+                        ));
                     }
                     Err(_) => {
                         progress.push_str("  TIMED OUT");
@@ -203,12 +270,20 @@ async fn run(args: Args) -> Result<bool> {
                             round,
                             &labels[index],
                             scenario.key(),
-                            format!("did not finish within {scenario_timeout:?}\n{}", target.server.log_tail(20)),
+                            format!(
+                                "did not finish within {scenario_timeout:?}\n{}",
+                                target.server.log_tail(20)
+                            ),
                         ));
                     }
                 }
                 if let Err(error) = running {
-                    results.failures.push(failure(round, &labels[index], scenario.key(), format!("the server stopped: {error:#}")));
+                    results.failures.push(failure(
+                        round,
+                        &labels[index],
+                        scenario.key(),
+                        format!("the server stopped: {error:#}"),
+                    ));
                     target.alive = false;
                 }
                 if let Some(after) = after {
@@ -223,7 +298,9 @@ async fn run(args: Args) -> Result<bool> {
                     };
                     progress.push_str(&format!(
                         "  [server cpu {:.2} s, peak rss {:.1} MiB; client cpu {:.2} s]",
-                        sample.server_cpu_seconds, sample.server_peak_rss_mib, sample.client_cpu_seconds
+                        sample.server_cpu_seconds,
+                        sample.server_peak_rss_mib,
+                        sample.client_cpu_seconds
                     ));
                     if !scenario.once() {
                         round_peak[index] = round_peak[index].max(sample.server_peak_rss_mib);
@@ -243,7 +320,10 @@ async fn run(args: Args) -> Result<bool> {
     }
 
     if let Some(size) = sizes.big_blob.filter(|_| selected("big")) {
-        eprintln!("kai-bench: hashing the {} MiB blob for the large push check", size >> 20);
+        eprintln!(
+            "kai-bench: hashing the {} MiB blob for the large push check",
+            size >> 20
+        );
         let content = tokio::task::spawn_blocking(move || Content::new(4_242, size)).await?;
         for index in [1, 0] {
             let target = &mut targets[index];
@@ -252,11 +332,18 @@ async fn run(args: Args) -> Result<bool> {
             }
             target.server.reset_peak_rss();
             let outcome = tokio::time::timeout(scenario_timeout, target.push_big(&content)).await;
-            let peak = target.server.usage().map(|usage| usage.peak_rss_bytes as f64 / 1048576.0);
-            let limit = (target.server.kind == server::Kind::Kai).then_some(sizes.big_blob_rss_limit as f64 / 1048576.0);
+            let peak = target
+                .server
+                .usage()
+                .map(|usage| usage.peak_rss_bytes as f64 / 1048576.0);
+            let limit = (target.server.kind == server::Kind::Kai)
+                .then_some(sizes.big_blob_rss_limit as f64 / 1048576.0);
             match (outcome, peak) {
                 (Ok(Ok(rate)), Ok(peak)) => {
-                    eprintln!("[large blob]    {:<12} {rate:.1} MiB/s, peak rss {peak:.1} MiB", labels[index]);
+                    eprintln!(
+                        "[large blob]    {:<12} {rate:.1} MiB/s, peak rss {peak:.1} MiB",
+                        labels[index]
+                    );
                     if let Some(limit) = limit.filter(|limit| peak >= *limit) {
                         results.failures.push(failure(
                             0,
@@ -273,12 +360,31 @@ async fn run(args: Args) -> Result<bool> {
                         limit_mib: limit,
                     });
                 }
-                (Ok(Err(error)), _) => results.failures.push(failure(0, &labels[index], "big", format!("{error:#}"))),
-                (Err(_), _) => results.failures.push(failure(0, &labels[index], "big", format!("did not finish within {scenario_timeout:?}"))),
-                (_, Err(error)) => results.failures.push(failure(0, &labels[index], "big", format!("reading its usage: {error:#}"))),
+                (Ok(Err(error)), _) => {
+                    results
+                        .failures
+                        .push(failure(0, &labels[index], "big", format!("{error:#}")))
+                }
+                (Err(_), _) => results.failures.push(failure(
+                    0,
+                    &labels[index],
+                    "big",
+                    format!("did not finish within {scenario_timeout:?}"),
+                )),
+                (_, Err(error)) => results.failures.push(failure(
+                    0,
+                    &labels[index],
+                    "big",
+                    format!("reading its usage: {error:#}"),
+                )),
             }
             if let Err(error) = target.server.check_running() {
-                results.failures.push(failure(0, &labels[index], "big", format!("the server stopped: {error:#}")));
+                results.failures.push(failure(
+                    0,
+                    &labels[index],
+                    "big",
+                    format!("the server stopped: {error:#}"),
+                ));
                 target.alive = false;
             }
         }
@@ -289,13 +395,16 @@ async fn run(args: Args) -> Result<bool> {
     let stopped = futures::future::join(first.server.stop(), second.server.stop()).await;
     for (label, outcome) in labels.iter().zip([stopped.0, stopped.1]) {
         if let Err(error) = outcome {
-            results.failures.push(failure(0, label, "stop", format!("SIGTERM: {error:#}")));
+            results
+                .failures
+                .push(failure(0, label, "stop", format!("SIGTERM: {error:#}")));
         }
     }
 
     println!("{}", results.render());
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&results)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("kai-bench: wrote {}", path.display());
     }
     // Removing a populated reference's storage (millions of small files at
@@ -309,7 +418,12 @@ async fn run(args: Args) -> Result<bool> {
 }
 
 fn failure(round: u32, server: &str, scenario: &str, error: String) -> Failure {
-    Failure { round, server: server.to_string(), scenario: scenario.to_string(), error }
+    Failure {
+        round,
+        server: server.to_string(),
+        scenario: scenario.to_string(),
+        error,
+    }
 }
 
 /// The reference binary; the default one is installed from Debian when absent.
@@ -320,8 +434,18 @@ fn ensure_reference(path: &Path) -> Result<PathBuf> {
     if path != Path::new(DEFAULT_REFERENCE) {
         bail!("no reference registry binary at {}", path.display());
     }
-    eprintln!("kai-bench: {DEFAULT_REFERENCE} is absent; installing the Debian package docker-registry");
-    for arguments in [&["update"][..], &["install", "-y", "--no-install-recommends", "docker-registry"][..]] {
+    eprintln!(
+        "kai-bench: {DEFAULT_REFERENCE} is absent; installing the Debian package docker-registry"
+    );
+    for arguments in [
+        &["update"][..],
+        &[
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "docker-registry",
+        ][..],
+    ] {
         let status = std::process::Command::new("apt-get")
             .args(arguments)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -343,19 +467,33 @@ fn command_output(program: &Path, args: &[&str]) -> Result<String> {
 }
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, model)| model.trim().to_string()))
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory_gib = meminfo
         .lines()
         .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(0.0, |kib| kib / 1048576.0);
-    format!("{cores} cores ({model}), {memory_gib:.0} GiB RAM; client and servers share these cores")
+    format!(
+        "{cores} cores ({model}), {memory_gib:.0} GiB RAM; client and servers share these cores"
+    )
 }
 
 fn command_line() -> String {
@@ -368,11 +506,23 @@ fn command_line() -> String {
     command
 }
 
-fn settings(args: &Args, kai: &Path, reference: &Path, reference_version: &str, workdir: &Path) -> Vec<String> {
+fn settings(
+    args: &Args,
+    kai: &Path,
+    reference: &Path,
+    reference_version: &str,
+    workdir: &Path,
+) -> Vec<String> {
     let candidate = if args.against_self {
-        format!("candidate: a second reference instance ({}), not Kai", reference.display())
+        format!(
+            "candidate: a second reference instance ({}), not Kai",
+            reference.display()
+        )
     } else {
-        format!("candidate: {} serve --listen 127.0.0.1:0 --data <temp dir>", kai.display())
+        format!(
+            "candidate: {} serve --listen 127.0.0.1:0 --data <temp dir>",
+            kai.display()
+        )
     };
     vec![
         candidate,

@@ -22,8 +22,20 @@ pub struct MetricSpec {
     pub target: Option<f64>,
 }
 
-fn spec(key: &'static str, label: String, unit: &'static str, better: Better, target: Option<f64>) -> MetricSpec {
-    MetricSpec { key, label, unit, better, target }
+fn spec(
+    key: &'static str,
+    label: String,
+    unit: &'static str,
+    better: Better,
+    target: Option<f64>,
+) -> MetricSpec {
+    MetricSpec {
+        key,
+        label,
+        unit,
+        better,
+        target,
+    }
 }
 
 /// Every metric, in the order the table shows them.
@@ -32,47 +44,201 @@ pub fn metric_specs(sizes: &Sizes) -> Vec<MetricSpec> {
     let mib = |bytes: u64| format!("{} MiB", bytes >> 20);
     let c = sizes.connections;
     let sampled = if sizes.entries > sizes.full_catalog_walk_max {
-        format!(" at start/middle/end, {} pages each", sizes.catalog_window_pages)
+        format!(
+            " at start/middle/end, {} pages each",
+            sizes.catalog_window_pages
+        )
     } else {
         String::new()
     };
     vec![
-        spec("push_monolithic", format!("blob push, monolithic {}", mib(sizes.blob)), "MiB/s", Higher, Some(3.0)),
-        spec("push_chunked", format!("blob push, {} chunks of {}", sizes.blob / sizes.chunk, mib(sizes.chunk)), "MiB/s", Higher, Some(3.0)),
-        spec("pull_whole", format!("blob pull, whole {}", mib(sizes.blob)), "MiB/s", Higher, Some(1.2)),
-        spec("pull_range", format!("blob pull, {} ranges", mib(sizes.range)), "MiB/s", Higher, Some(1.2)),
-        spec("manifest_get_rate", format!("manifest GET by tag, {c} conns"), "req/s", Higher, Some(12.0)),
-        spec("manifest_get_p99", format!("manifest GET by tag, {c} conns, p99"), "ms", Lower, None),
-        spec("manifest_head_rate", format!("manifest HEAD by tag, {c} conns"), "req/s", Higher, Some(12.0)),
-        spec("manifest_head_p99", format!("manifest HEAD by tag, {c} conns, p99"), "ms", Lower, None),
-        spec("manifest_put_median", format!("manifest PUT x{}, serial, median", sizes.manifest_puts), "ms", Lower, Some(0.3)),
-        spec("manifest_put_p99", format!("manifest PUT x{}, serial, p99", sizes.manifest_puts), "ms", Lower, Some(0.3)),
-        spec("small_serial", format!("{} KiB blob push x{}, serial", sizes.small_blob >> 10, sizes.small_blobs), "push/s", Higher, Some(5.0)),
         spec(
-            "small_parallel",
-            format!("{} KiB blob push x{}, {} workers", sizes.small_blob >> 10, sizes.small_blobs, sizes.small_workers),
+            "push_monolithic",
+            format!("blob push, monolithic {}", mib(sizes.blob)),
+            "MiB/s",
+            Higher,
+            Some(3.0),
+        ),
+        spec(
+            "push_chunked",
+            format!(
+                "blob push, {} chunks of {}",
+                sizes.blob / sizes.chunk,
+                mib(sizes.chunk)
+            ),
+            "MiB/s",
+            Higher,
+            Some(3.0),
+        ),
+        spec(
+            "pull_whole",
+            format!("blob pull, whole {}", mib(sizes.blob)),
+            "MiB/s",
+            Higher,
+            Some(1.2),
+        ),
+        spec(
+            "pull_range",
+            format!("blob pull, {} ranges", mib(sizes.range)),
+            "MiB/s",
+            Higher,
+            Some(1.2),
+        ),
+        spec(
+            "manifest_get_rate",
+            format!("manifest GET by tag, {c} conns"),
+            "req/s",
+            Higher,
+            Some(12.0),
+        ),
+        spec(
+            "manifest_get_p99",
+            format!("manifest GET by tag, {c} conns, p99"),
+            "ms",
+            Lower,
+            None,
+        ),
+        spec(
+            "manifest_head_rate",
+            format!("manifest HEAD by tag, {c} conns"),
+            "req/s",
+            Higher,
+            Some(12.0),
+        ),
+        spec(
+            "manifest_head_p99",
+            format!("manifest HEAD by tag, {c} conns, p99"),
+            "ms",
+            Lower,
+            None,
+        ),
+        spec(
+            "manifest_put_median",
+            format!("manifest PUT x{}, serial, median", sizes.manifest_puts),
+            "ms",
+            Lower,
+            Some(0.3),
+        ),
+        spec(
+            "manifest_put_p99",
+            format!("manifest PUT x{}, serial, p99", sizes.manifest_puts),
+            "ms",
+            Lower,
+            Some(0.3),
+        ),
+        spec(
+            "small_serial",
+            format!(
+                "{} KiB blob push x{}, serial",
+                sizes.small_blob >> 10,
+                sizes.small_blobs
+            ),
             "push/s",
             Higher,
             Some(5.0),
         ),
-        spec("tags_page_median", format!("tag list page (n={}), median", sizes.page), "ms", Lower, Some(0.1)),
-        spec("tags_page_p99", format!("tag list page (n={}), p99", sizes.page), "ms", Lower, None),
-        spec("tags_walk", format!("tag list, all {} tags, all pages", sizes.entries), "s", Lower, None),
-        spec("tags_pages", "tag list, pages".to_string(), "pages", Lower, None),
-        spec("catalog_page_median", format!("catalog page (n={}){sampled}, median", sizes.page), "ms", Lower, Some(0.1)),
-        spec("catalog_page_p99", format!("catalog page (n={}){sampled}, p99", sizes.page), "ms", Lower, None),
-        spec("catalog_walk", format!("catalog, all {}+ repos, all pages", sizes.entries), "s", Lower, None),
-        spec("catalog_pages", "catalog, pages".to_string(), "pages", Lower, None),
-        spec("populate_tags", format!("populate {} tags ({} parallel PUTs)", sizes.entries, sizes.populate_workers), "s", Lower, None),
         spec(
-            "populate_repositories",
-            format!("populate {} repos (mount + PUT, {} parallel)", sizes.entries, sizes.populate_workers),
+            "small_parallel",
+            format!(
+                "{} KiB blob push x{}, {} workers",
+                sizes.small_blob >> 10,
+                sizes.small_blobs,
+                sizes.small_workers
+            ),
+            "push/s",
+            Higher,
+            Some(5.0),
+        ),
+        spec(
+            "tags_page_median",
+            format!("tag list page (n={}), median", sizes.page),
+            "ms",
+            Lower,
+            Some(0.1),
+        ),
+        spec(
+            "tags_page_p99",
+            format!("tag list page (n={}), p99", sizes.page),
+            "ms",
+            Lower,
+            None,
+        ),
+        spec(
+            "tags_walk",
+            format!("tag list, all {} tags, all pages", sizes.entries),
             "s",
             Lower,
             None,
         ),
-        spec("peak_rss", "server peak RSS over the round".to_string(), "MiB", Lower, Some(1.0 / 3.0)),
-        spec("server_cpu", "server CPU over the round".to_string(), "s", Lower, None),
+        spec(
+            "tags_pages",
+            "tag list, pages".to_string(),
+            "pages",
+            Lower,
+            None,
+        ),
+        spec(
+            "catalog_page_median",
+            format!("catalog page (n={}){sampled}, median", sizes.page),
+            "ms",
+            Lower,
+            Some(0.1),
+        ),
+        spec(
+            "catalog_page_p99",
+            format!("catalog page (n={}){sampled}, p99", sizes.page),
+            "ms",
+            Lower,
+            None,
+        ),
+        spec(
+            "catalog_walk",
+            format!("catalog, all {}+ repos, all pages", sizes.entries),
+            "s",
+            Lower,
+            None,
+        ),
+        spec(
+            "catalog_pages",
+            "catalog, pages".to_string(),
+            "pages",
+            Lower,
+            None,
+        ),
+        spec(
+            "populate_tags",
+            format!(
+                "populate {} tags ({} parallel PUTs)",
+                sizes.entries, sizes.populate_workers
+            ),
+            "s",
+            Lower,
+            None,
+        ),
+        spec(
+            "populate_repositories",
+            format!(
+                "populate {} repos (mount + PUT, {} parallel)",
+                sizes.entries, sizes.populate_workers
+            ),
+            "s",
+            Lower,
+            None,
+        ),
+        spec(
+            "peak_rss",
+            "server peak RSS over the round".to_string(),
+            "MiB",
+            Lower,
+            Some(1.0 / 3.0),
+        ),
+        spec(
+            "server_cpu",
+            "server CPU over the round".to_string(),
+            "s",
+            Lower,
+            None,
+        ),
     ]
 }
 
@@ -135,7 +301,9 @@ impl MetricResult {
         self.values
             .iter()
             .map(|pair| match pair {
-                [Some(candidate), Some(reference)] if *reference > 0.0 => Some(candidate / reference),
+                [Some(candidate), Some(reference)] if *reference > 0.0 => {
+                    Some(candidate / reference)
+                }
                 _ => None,
             })
             .collect()
@@ -145,7 +313,11 @@ impl MetricResult {
 impl Results {
     pub fn record(&mut self, round: u32, server: usize, key: &str, value: f64) {
         let rounds = self.rounds as usize;
-        let Some(metric) = self.metrics.iter_mut().find(|metric| metric.spec.key == key) else {
+        let Some(metric) = self
+            .metrics
+            .iter_mut()
+            .find(|metric| metric.spec.key == key)
+        else {
             panic!("metric {key} is not in metric_specs");
         };
         if metric.values.len() < rounds {
@@ -164,7 +336,10 @@ impl Results {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let [candidate, reference] = &self.servers;
-        out.push_str(&format!("\n{candidate} vs {reference}, {} round(s), interleaved\n", self.rounds));
+        out.push_str(&format!(
+            "\n{candidate} vs {reference}, {} round(s), interleaved\n",
+            self.rounds
+        ));
         out.push_str(&format!("machine: {}\n", self.machine));
         for setting in &self.settings {
             out.push_str(&format!("setting: {setting}\n"));
@@ -186,12 +361,27 @@ impl Results {
         ];
         let mut rows = vec![header.to_vec()];
         for metric in &self.metrics {
-            if metric.values.iter().all(|pair| pair.iter().all(Option::is_none)) {
+            if metric
+                .values
+                .iter()
+                .all(|pair| pair.iter().all(Option::is_none))
+            {
                 continue;
             }
-            let column = |server: usize| summary(&metric.values.iter().filter_map(|pair| pair[server]).collect::<Vec<_>>());
+            let column = |server: usize| {
+                summary(
+                    &metric
+                        .values
+                        .iter()
+                        .filter_map(|pair| pair[server])
+                        .collect::<Vec<_>>(),
+                )
+            };
             let ratios = metric.ratios();
-            let ratio_cells: Vec<String> = ratios.iter().map(|ratio| ratio.map_or("-".into(), |r| format!("{r:.2}"))).collect();
+            let ratio_cells: Vec<String> = ratios
+                .iter()
+                .map(|ratio| ratio.map_or("-".into(), |r| format!("{r:.2}")))
+                .collect();
             let present: Vec<f64> = ratios.iter().flatten().copied().collect();
             let median_ratio = median(&present);
             let (target, met) = match (metric.spec.target, median_ratio) {
@@ -200,7 +390,10 @@ impl Results {
                         Better::Higher => ratio >= target,
                         Better::Lower => ratio <= target,
                     };
-                    (target_text(metric.spec.better, target), if met { "yes" } else { "NO" }.to_string())
+                    (
+                        target_text(metric.spec.better, target),
+                        if met { "yes" } else { "NO" }.to_string(),
+                    )
                 }
                 (Some(target), _) => (target_text(metric.spec.better, target), "-".to_string()),
                 (None, _) => (String::new(), String::new()),
@@ -221,10 +414,25 @@ impl Results {
 
         if !self.big_blob.is_empty() {
             out.push_str("\nlarge blob check (one monolithic streamed push):\n");
-            let mut rows = vec![vec!["server".to_string(), "size".into(), "MiB/s".into(), "peak RSS MiB".into(), "limit".into(), "met".into()]];
+            let mut rows = vec![vec![
+                "server".to_string(),
+                "size".into(),
+                "MiB/s".into(),
+                "peak RSS MiB".into(),
+                "limit".into(),
+                "met".into(),
+            ]];
             for big in &self.big_blob {
                 let (limit, met) = match big.limit_mib {
-                    Some(limit) => (format!("< {limit:.0} MiB"), if big.peak_rss_mib < limit { "yes" } else { "NO" }.to_string()),
+                    Some(limit) => (
+                        format!("< {limit:.0} MiB"),
+                        if big.peak_rss_mib < limit {
+                            "yes"
+                        } else {
+                            "NO"
+                        }
+                        .to_string(),
+                    ),
                     None => (String::new(), String::new()),
                 };
                 rows.push(vec![
@@ -256,12 +464,17 @@ impl Results {
         }
         for scenario in scenarios {
             for (index, name) in self.servers.iter().enumerate() {
-                let samples: Vec<&ResourceSample> =
-                    self.resources.iter().filter(|sample| sample.scenario == scenario && sample.server == index).collect();
+                let samples: Vec<&ResourceSample> = self
+                    .resources
+                    .iter()
+                    .filter(|sample| sample.scenario == scenario && sample.server == index)
+                    .collect();
                 if samples.is_empty() {
                     continue;
                 }
-                let med = |f: fn(&ResourceSample) -> f64| median(&samples.iter().map(|s| f(s)).collect::<Vec<_>>()).unwrap_or(0.0);
+                let med = |f: fn(&ResourceSample) -> f64| {
+                    median(&samples.iter().map(|s| f(s)).collect::<Vec<_>>()).unwrap_or(0.0)
+                };
                 rows.push(vec![
                     scenario.to_string(),
                     name.clone(),
@@ -285,7 +498,10 @@ impl Results {
         } else {
             out.push_str(&format!("\n{} FAILURE(S):\n", self.failures.len()));
             for failure in &self.failures {
-                out.push_str(&format!("- round {}, {}, {}: {}\n", failure.round, failure.server, failure.scenario, failure.error));
+                out.push_str(&format!(
+                    "- round {}, {}, {}: {}\n",
+                    failure.round, failure.server, failure.scenario, failure.error
+                ));
             }
         }
         out
@@ -301,7 +517,9 @@ fn target_text(better: Better, target: f64) -> String {
 }
 
 fn summary(values: &[f64]) -> String {
-    let Some(mid) = median(values) else { return "-".into() };
+    let Some(mid) = median(values) else {
+        return "-".into();
+    };
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if values.len() == 1 {
@@ -328,16 +546,31 @@ pub fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    Some(if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 })
+    Some(if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    })
 }
 
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|c| rows.iter().filter_map(|row| row.get(c)).map(|cell| cell.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|row| row.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for (index, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row.iter().enumerate().map(|(c, cell)| format!("{cell:<width$}", width = widths[c])).collect();
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
         if index == 0 {

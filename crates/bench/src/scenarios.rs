@@ -6,7 +6,7 @@
 //! not part of the operation being measured (a HEAD after a push, an
 //! unaligned range) run after the clock stops.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,7 +174,10 @@ pub struct Measured {
 
 impl Measured {
     fn of(metrics: Vec<(&'static str, f64)>) -> Measured {
-        Measured { metrics, notes: Vec::new() }
+        Measured {
+            metrics,
+            notes: Vec::new(),
+        }
     }
 }
 
@@ -200,7 +203,12 @@ impl Target {
         })
     }
 
-    pub async fn run(&mut self, scenario: Scenario, input: &RoundInput, sizes: &Sizes) -> Result<Measured> {
+    pub async fn run(
+        &mut self,
+        scenario: Scenario,
+        input: &RoundInput,
+        sizes: &Sizes,
+    ) -> Result<Measured> {
         match scenario {
             Scenario::PushMonolithic => self.push_monolithic(&input.monolithic).await,
             Scenario::PushChunked => self.push_chunked(&input.chunked, sizes.chunk).await,
@@ -210,7 +218,10 @@ impl Target {
             Scenario::ManifestHead => self.manifest_load(true, sizes).await,
             Scenario::ManifestPut => self.manifest_put(input.round, sizes).await,
             Scenario::SmallSerial => self.small_blobs(input.round, 1, sizes).await,
-            Scenario::SmallParallel => self.small_blobs(input.round, sizes.small_workers, sizes).await,
+            Scenario::SmallParallel => {
+                self.small_blobs(input.round, sizes.small_workers, sizes)
+                    .await
+            }
             Scenario::Populate => self.populate(sizes).await,
             Scenario::TagList => self.tag_list(sizes).await,
             Scenario::Catalog => self.catalog(sizes).await,
@@ -221,22 +232,33 @@ impl Target {
         let started = Instant::now();
         self.registry.push_blob(BLOBS, content).await?;
         let rate = mib_per_second(content.size(), started.elapsed());
-        self.registry.head_blob(BLOBS, content.digest(), content.size()).await.context("after the push")?;
+        self.registry
+            .head_blob(BLOBS, content.digest(), content.size())
+            .await
+            .context("after the push")?;
         Ok(Measured::of(vec![("push_monolithic", rate)]))
     }
 
     async fn push_chunked(&self, content: &Content, chunk: u64) -> Result<Measured> {
         let started = Instant::now();
-        self.registry.push_blob_chunked(BLOBS, content, chunk).await?;
+        self.registry
+            .push_blob_chunked(BLOBS, content, chunk)
+            .await?;
         let rate = mib_per_second(content.size(), started.elapsed());
-        self.registry.head_blob(BLOBS, content.digest(), content.size()).await.context("after the push")?;
+        self.registry
+            .head_blob(BLOBS, content.digest(), content.size())
+            .await
+            .context("after the push")?;
         Ok(Measured::of(vec![("push_chunked", rate)]))
     }
 
     async fn pull_whole(&self, content: &Content) -> Result<Measured> {
         let started = Instant::now();
         let bytes = self.registry.pull_blob(BLOBS, content).await?;
-        Ok(Measured::of(vec![("pull_whole", mib_per_second(bytes, started.elapsed()))]))
+        Ok(Measured::of(vec![(
+            "pull_whole",
+            mib_per_second(bytes, started.elapsed()),
+        )]))
     }
 
     async fn pull_range(&self, content: &Content, range: u64) -> Result<Measured> {
@@ -252,8 +274,12 @@ impl Target {
         // An unaligned range across a 1 MiB boundary, and the last byte.
         let odd = (12_345u64).min(content.size() - 1);
         let odd_end = (odd + (1 << 20) + 7).min(content.size());
-        self.registry.pull_range(BLOBS, content, odd, odd_end).await?;
-        self.registry.pull_range(BLOBS, content, content.size() - 1, content.size()).await?;
+        self.registry
+            .pull_range(BLOBS, content, odd, odd_end)
+            .await?;
+        self.registry
+            .pull_range(BLOBS, content, content.size() - 1, content.size())
+            .await?;
         Ok(Measured::of(vec![("pull_range", rate)]))
     }
 
@@ -262,16 +288,31 @@ impl Target {
         if let Some(manifest) = &self.manifest_fixture {
             return Ok(manifest.clone());
         }
-        let config = Bytes::from_static(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+        let config = Bytes::from_static(
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        );
         let config_digest = sha256_digest(&config);
         let mut layer = vec![0u8; 4096];
         fill_random(42, &mut layer);
         let layer = Bytes::from(layer);
         let layer_digest = sha256_digest(&layer);
-        self.registry.push_small_blob(MANIFESTS, config.clone(), &config_digest).await.context("setting up the manifest fixture")?;
-        self.registry.push_small_blob(MANIFESTS, layer.clone(), &layer_digest).await.context("setting up the manifest fixture")?;
-        let manifest = Manifest::new(image_manifest(&config_digest, config.len(), &[(&layer_digest, layer.len())]));
-        self.registry.put_manifest(MANIFESTS, "latest", &manifest).await.context("setting up the manifest fixture")?;
+        self.registry
+            .push_small_blob(MANIFESTS, config.clone(), &config_digest)
+            .await
+            .context("setting up the manifest fixture")?;
+        self.registry
+            .push_small_blob(MANIFESTS, layer.clone(), &layer_digest)
+            .await
+            .context("setting up the manifest fixture")?;
+        let manifest = Manifest::new(image_manifest(
+            &config_digest,
+            config.len(),
+            &[(&layer_digest, layer.len())],
+        ));
+        self.registry
+            .put_manifest(MANIFESTS, "latest", &manifest)
+            .await
+            .context("setting up the manifest fixture")?;
         self.manifest_fixture = Some(manifest.clone());
         Ok(manifest)
     }
@@ -279,18 +320,19 @@ impl Target {
     /// GET or HEAD of one manifest by tag from `connections` workers for a fixed time.
     async fn manifest_load(&mut self, head: bool, sizes: &Sizes) -> Result<Measured> {
         let manifest = Arc::new(self.manifest_fixture().await?);
-        let registry = self.registry.clone();
-        let (rate, latencies) = load(sizes, move || {
-            let registry = registry.clone();
-            let manifest = manifest.clone();
-            async move {
-                if head {
-                    registry.head_manifest(MANIFESTS, "latest", &manifest).await
-                } else {
-                    registry.get_manifest(MANIFESTS, "latest", &manifest).await
-                }
-            }
-        })
+        let method = if head {
+            reqwest::Method::HEAD
+        } else {
+            reqwest::Method::GET
+        };
+        let (rate, latencies) = crate::load::manifest_load(
+            &self.server.base,
+            MANIFESTS,
+            "latest",
+            manifest,
+            method,
+            sizes,
+        )
         .await?;
         let p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3;
         Ok(Measured::of(if head {
@@ -303,11 +345,13 @@ impl Target {
     /// Serial PUTs of distinct manifests, each under its own tag.
     async fn manifest_put(&mut self, round: u32, sizes: &Sizes) -> Result<Measured> {
         self.manifest_fixture().await?;
-        let base: serde_json::Value = serde_json::from_slice(&self.manifest_fixture.as_ref().expect("set above").bytes)?;
+        let base: serde_json::Value =
+            serde_json::from_slice(&self.manifest_fixture.as_ref().expect("set above").bytes)?;
         let manifests: Vec<(String, Manifest)> = (0..sizes.manifest_puts)
             .map(|i| {
                 let mut json = base.clone();
-                json["annotations"] = json!({ "org.kai.bench.put": format!("round {round} number {i}") });
+                json["annotations"] =
+                    json!({ "org.kai.bench.put": format!("round {round} number {i}") });
                 (format!("put-{round}-{i}"), Manifest::new(json))
             })
             .collect();
@@ -320,12 +364,28 @@ impl Target {
         latencies.sort();
         // Read back the first and the last by tag and by digest.
         for (tag, manifest) in [&manifests[0], &manifests[manifests.len() - 1]] {
-            self.registry.get_manifest(MANIFESTS, tag, manifest).await.context("after the PUTs")?;
-            self.registry.get_manifest(MANIFESTS, &manifest.digest, manifest).await.context("after the PUTs")?;
+            self.registry
+                .get_manifest(MANIFESTS, tag, manifest)
+                .await
+                .context("after the PUTs")?;
+            self.registry
+                .get_manifest(MANIFESTS, &manifest.digest, manifest)
+                .await
+                .context("after the PUTs")?;
+            self.registry
+                .head_manifest(MANIFESTS, tag, manifest)
+                .await
+                .context("after the PUTs")?;
         }
         Ok(Measured::of(vec![
-            ("manifest_put_median", percentile(&latencies, 0.5).as_secs_f64() * 1e3),
-            ("manifest_put_p99", percentile(&latencies, 0.99).as_secs_f64() * 1e3),
+            (
+                "manifest_put_median",
+                percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            ),
+            (
+                "manifest_put_p99",
+                percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            ),
         ]))
     }
 
@@ -334,7 +394,10 @@ impl Target {
         let blobs: Vec<(Bytes, String)> = (0..sizes.small_blobs)
             .map(|i| {
                 let mut data = vec![0u8; sizes.small_blob];
-                fill_random((u64::from(round) << 40) ^ ((workers as u64) << 32) ^ i as u64, &mut data);
+                fill_random(
+                    (u64::from(round) << 40) ^ ((workers as u64) << 32) ^ i as u64,
+                    &mut data,
+                );
                 let digest = sha256_digest(&data);
                 (Bytes::from(data), digest)
             })
@@ -353,7 +416,14 @@ impl Target {
             .try_collect::<Vec<()>>()
             .await
             .context("after the pushes")?;
-        Ok(Measured::of(vec![(if workers == 1 { "small_serial" } else { "small_parallel" }, rate)]))
+        Ok(Measured::of(vec![(
+            if workers == 1 {
+                "small_serial"
+            } else {
+                "small_parallel"
+            },
+            rate,
+        )]))
     }
 
     /// `entries` tags of one manifest in one repository, and `entries`
@@ -362,7 +432,9 @@ impl Target {
         let config = Bytes::from_static(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"bench":"listing"}"#);
         let config_digest = sha256_digest(&config);
         let manifest = Manifest::new(image_manifest(&config_digest, config.len(), &[]));
-        self.registry.push_small_blob(TAGS, config.clone(), &config_digest).await?;
+        self.registry
+            .push_small_blob(TAGS, config.clone(), &config_digest)
+            .await?;
         let registry = &self.registry;
         let label = &self.server.label;
         let entries = sizes.entries;
@@ -391,10 +463,13 @@ impl Target {
         let started = Instant::now();
         futures::stream::iter(0..sizes.entries)
             .map(|i| {
-                let (manifest, config, config_digest, progress) = (&manifest, &config, &config_digest, &progress);
+                let (manifest, config, config_digest, progress) =
+                    (&manifest, &config, &config_digest, &progress);
                 async move {
                     let name = repository_name(i);
-                    registry.mount_blob(&name, TAGS, config.clone(), config_digest).await?;
+                    registry
+                        .mount_blob(&name, TAGS, config.clone(), config_digest)
+                        .await?;
                     registry.put_manifest(&name, "latest", manifest).await?;
                     progress("repositories");
                     Ok::<(), anyhow::Error>(())
@@ -406,26 +481,52 @@ impl Target {
         let repositories_seconds = started.elapsed().as_secs_f64();
         self.listing_manifest = Some(manifest);
         self.populated = true;
-        Ok(Measured::of(vec![("populate_tags", tags_seconds), ("populate_repositories", repositories_seconds)]))
+        Ok(Measured::of(vec![
+            ("populate_tags", tags_seconds),
+            ("populate_repositories", repositories_seconds),
+        ]))
     }
 
     /// Walks `/v2/bench/tags/tags/list?n=<page>` to the end, following Link.
     async fn tag_list(&mut self, sizes: &Sizes) -> Result<Measured> {
         if !self.populated {
-            bail!("the listing was not populated (the populate scenario failed or was not selected)");
+            bail!(
+                "the listing was not populated (the populate scenario failed or was not selected)"
+            );
         }
-        let first = self.registry.url(&format!("v2/{TAGS}/tags/list?n={}", sizes.page));
+        let first = self
+            .registry
+            .url(&format!("v2/{TAGS}/tags/list?n={}", sizes.page));
         let walk = self.walk(first, "tags", usize::MAX).await?;
         let entries = &walk.entries;
         let mut notes = Vec::new();
         let expected: Vec<String> = (0..sizes.entries).map(tag_name).collect();
-        let request = format!("GET /v2/{TAGS}/tags/list?n={} and its Link pages", sizes.page);
-        check_pages(&walk.pages, sizes.page, self.strict_listing, &format!("GET /v2/{TAGS}/tags/list"), &mut notes, &self.server.label)?;
-        check_sorted(entries, self.strict_listing, &request, &mut notes, &self.server.label)?;
+        let request = format!(
+            "GET /v2/{TAGS}/tags/list?n={} and its Link pages",
+            sizes.page
+        );
+        check_pages(
+            &walk.pages,
+            sizes.page,
+            self.strict_listing,
+            &format!("GET /v2/{TAGS}/tags/list"),
+            &mut notes,
+            &self.server.label,
+        )?;
+        check_sorted(
+            entries,
+            self.strict_listing,
+            &request,
+            &mut notes,
+            &self.server.label,
+        )?;
         let mut sorted = entries.clone();
         sorted.sort();
         if sorted != expected {
-            let missing = expected.iter().filter(|tag| sorted.binary_search(tag).is_err()).count();
+            let missing = expected
+                .iter()
+                .filter(|tag| sorted.binary_search(tag).is_err())
+                .count();
             bail!(
                 "{request}: expected the {} tags {}..{} once each, got {} tags ({} of the expected missing)",
                 expected.len(),
@@ -437,7 +538,9 @@ impl Target {
         }
         // And the manifest behind a tag is the one pushed.
         let manifest = self.listing_manifest.clone().expect("populated");
-        self.registry.get_manifest(TAGS, &tag_name(sizes.entries / 2), &manifest).await?;
+        self.registry
+            .get_manifest(TAGS, &tag_name(sizes.entries / 2), &manifest)
+            .await?;
         let mut metrics = page_metrics("tags", &walk.pages);
         metrics.push(("tags_walk", walk.elapsed.as_secs_f64()));
         Ok(Measured { metrics, notes })
@@ -449,22 +552,43 @@ impl Target {
     /// proportion to the repositories before `last` for every page.
     async fn catalog(&mut self, sizes: &Sizes) -> Result<Measured> {
         if !self.populated {
-            bail!("the listing was not populated (the populate scenario failed or was not selected)");
+            bail!(
+                "the listing was not populated (the populate scenario failed or was not selected)"
+            );
         }
         let n = sizes.page;
         let mut notes = Vec::new();
         if sizes.entries <= sizes.full_catalog_walk_max {
             let first = self.registry.url(&format!("v2/_catalog?n={n}"));
             let walk = self.walk(first, "repositories", usize::MAX).await?;
-            check_pages(&walk.pages, n, self.strict_listing, "GET /v2/_catalog", &mut notes, &self.server.label)?;
-            check_sorted(&walk.entries, self.strict_listing, &format!("GET /v2/_catalog?n={n} and its Link pages"), &mut notes, &self.server.label)?;
+            check_pages(
+                &walk.pages,
+                n,
+                self.strict_listing,
+                "GET /v2/_catalog",
+                &mut notes,
+                &self.server.label,
+            )?;
+            check_sorted(
+                &walk.entries,
+                self.strict_listing,
+                &format!("GET /v2/_catalog?n={n} and its Link pages"),
+                &mut notes,
+                &self.server.label,
+            )?;
             let mut sorted = walk.entries.clone();
             sorted.sort();
             let duplicates = sorted.windows(2).filter(|pair| pair[0] == pair[1]).count();
             if duplicates > 0 {
                 bail!("GET /v2/_catalog?n={n} and its Link pages: expected each repository once, got {duplicates} repeated");
             }
-            check_catalog_run(&walk.entries, 0, true, sizes.entries, &format!("GET /v2/_catalog?n={n} and its Link pages"))?;
+            check_catalog_run(
+                &walk.entries,
+                0,
+                true,
+                sizes.entries,
+                &format!("GET /v2/_catalog?n={n} and its Link pages"),
+            )?;
             if sorted.binary_search(&TAGS.to_string()).is_err() {
                 bail!("GET /v2/_catalog?n={n} and its Link pages: expected {TAGS} among the repositories, got none");
             }
@@ -480,22 +604,51 @@ impl Target {
             let mut first = self.registry.url("v2/_catalog");
             first.query_pairs_mut().append_pair("n", &n.to_string());
             if start > 0 {
-                first.query_pairs_mut().append_pair("last", &repository_name(start - 1));
+                first
+                    .query_pairs_mut()
+                    .append_pair("last", &repository_name(start - 1));
             }
             let request = format!("GET {first} and {} pages on", window - 1);
             let walk = self.walk(first, "repositories", window).await?;
-            check_pages(&walk.pages, n, self.strict_listing, "GET /v2/_catalog", &mut notes, &self.server.label)?;
-            check_sorted(&walk.entries, self.strict_listing, &request, &mut notes, &self.server.label)?;
-            check_catalog_run(&walk.entries, start, walk.reached_end, sizes.entries, &request)?;
+            check_pages(
+                &walk.pages,
+                n,
+                self.strict_listing,
+                "GET /v2/_catalog",
+                &mut notes,
+                &self.server.label,
+            )?;
+            check_sorted(
+                &walk.entries,
+                self.strict_listing,
+                &request,
+                &mut notes,
+                &self.server.label,
+            )?;
+            check_catalog_run(
+                &walk.entries,
+                start,
+                walk.reached_end,
+                sizes.entries,
+                &request,
+            )?;
             pages.extend(walk.pages);
         }
-        Ok(Measured { metrics: page_metrics("catalog", &pages), notes })
+        Ok(Measured {
+            metrics: page_metrics("catalog", &pages),
+            notes,
+        })
     }
 
     /// Follows Link rel="next" from `first` for at most `max_pages` pages.
     async fn walk(&self, first: url::Url, key: &str, max_pages: usize) -> Result<Walk> {
         let started = Instant::now();
-        let mut walk = Walk { pages: Vec::new(), entries: Vec::new(), elapsed: Duration::ZERO, reached_end: false };
+        let mut walk = Walk {
+            pages: Vec::new(),
+            entries: Vec::new(),
+            elapsed: Duration::ZERO,
+            reached_end: false,
+        };
         let mut next = Some(first);
         while let Some(url) = next {
             if walk.pages.len() == max_pages {
@@ -507,7 +660,10 @@ impl Target {
                 bail!("GET {url}: expected a Link to the next page, got a Link to the same page");
             }
             if walk.pages.len() > 10_000_000 {
-                bail!("GET {url}: the Link chain did not end after {} pages", walk.pages.len());
+                bail!(
+                    "GET {url}: the Link chain did not end after {} pages",
+                    walk.pages.len()
+                );
             }
             walk.pages.push((page.entries.len(), page.elapsed));
             walk.entries.extend(page.entries);
@@ -523,20 +679,35 @@ impl Target {
         let started = Instant::now();
         self.registry.push_blob(BIG, content).await?;
         let rate = mib_per_second(content.size(), started.elapsed());
-        self.registry.head_blob(BIG, content.digest(), content.size()).await.context("after the push")?;
+        self.registry
+            .head_blob(BIG, content.digest(), content.size())
+            .await
+            .context("after the push")?;
         Ok(rate)
     }
 }
 
 /// Page-size and order rules. Kai must follow the spec; for the reference a
 /// deviation is noted instead, since it is the baseline, not the subject.
-fn check_pages(pages: &[(usize, Duration)], n: usize, strict: bool, request: &str, notes: &mut Vec<String>, label: &str) -> Result<()> {
+fn check_pages(
+    pages: &[(usize, Duration)],
+    n: usize,
+    strict: bool,
+    request: &str,
+    notes: &mut Vec<String>,
+    label: &str,
+) -> Result<()> {
     if let Some((index, (size, _))) = pages.iter().enumerate().find(|(_, (size, _))| *size > n) {
-        let message = format!("{request}?n={n}: expected at most {n} entries a page, got {size} on page {}", index + 1);
+        let message = format!(
+            "{request}?n={n}: expected at most {n} entries a page, got {size} on page {}",
+            index + 1
+        );
         if strict {
             bail!(message);
         }
-        notes.push(format!("{label}: {message} (it ignores n, so its \"page\" is the whole list)"));
+        notes.push(format!(
+            "{label}: {message} (it ignores n, so its \"page\" is the whole list)"
+        ));
     }
     Ok(())
 }
@@ -548,14 +719,28 @@ fn page_metrics(prefix: &str, pages: &[(usize, Duration)]) -> Vec<(&'static str,
     let p99 = percentile(&latencies, 0.99).as_secs_f64() * 1e3;
     let count = pages.len() as f64;
     if prefix == "tags" {
-        vec![("tags_page_median", median), ("tags_page_p99", p99), ("tags_pages", count)]
+        vec![
+            ("tags_page_median", median),
+            ("tags_page_p99", p99),
+            ("tags_pages", count),
+        ]
     } else {
-        vec![("catalog_page_median", median), ("catalog_page_p99", p99), ("catalog_pages", count)]
+        vec![
+            ("catalog_page_median", median),
+            ("catalog_page_p99", p99),
+            ("catalog_pages", count),
+        ]
     }
 }
 
 /// Entries must come in lexical order (strictly: no repeats).
-fn check_sorted(entries: &[String], strict: bool, request: &str, notes: &mut Vec<String>, label: &str) -> Result<()> {
+fn check_sorted(
+    entries: &[String],
+    strict: bool,
+    request: &str,
+    notes: &mut Vec<String>,
+    label: &str,
+) -> Result<()> {
     if let Some(position) = entries.windows(2).position(|pair| pair[0] >= pair[1]) {
         let message = format!(
             "{request}: expected entries in lexical order, got {:?} before {:?} (entries {} and {})",
@@ -574,10 +759,22 @@ fn check_sorted(entries: &[String], strict: bool, request: &str, notes: &mut Vec
 
 /// The populated repositories in `entries` must be consecutive from number
 /// `start`, and run to the last one when the walk reached the end.
-fn check_catalog_run(entries: &[String], start: usize, reached_end: bool, total: usize, request: &str) -> Result<()> {
-    let listed: Vec<&String> = entries.iter().filter(|name| name.starts_with(CATALOG_PREFIX)).collect();
+fn check_catalog_run(
+    entries: &[String],
+    start: usize,
+    reached_end: bool,
+    total: usize,
+    request: &str,
+) -> Result<()> {
+    let listed: Vec<&String> = entries
+        .iter()
+        .filter(|name| name.starts_with(CATALOG_PREFIX))
+        .collect();
     if listed.is_empty() {
-        bail!("{request}: expected repositories from {} on, got none under {CATALOG_PREFIX}", repository_name(start));
+        bail!(
+            "{request}: expected repositories from {} on, got none under {CATALOG_PREFIX}",
+            repository_name(start)
+        );
     }
     for (offset, name) in listed.iter().enumerate() {
         let expected = repository_name(start + offset);
@@ -593,58 +790,6 @@ fn check_catalog_run(entries: &[String], start: usize, reached_end: bool, total:
         );
     }
     Ok(())
-}
-
-/// Runs `operation` from `connections` workers: `warmup` seconds unmeasured,
-/// then `load` seconds measured. Returns requests/s and sorted latencies.
-/// The first failure stops every worker and is the result.
-async fn load<F, Fut>(sizes: &Sizes, operation: F) -> Result<(f64, Vec<Duration>)>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let measure_from = Instant::now() + Duration::from_secs_f64(sizes.warmup_seconds);
-    let deadline = measure_from + Duration::from_secs_f64(sizes.load_seconds);
-    let mut workers = Vec::new();
-    for _ in 0..sizes.connections {
-        let operation = operation.clone();
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let started = Instant::now();
-                if started >= deadline || stop.load(Ordering::Relaxed) {
-                    return Ok(latencies);
-                }
-                if let Err(error) = operation().await {
-                    stop.store(true, Ordering::Relaxed);
-                    return Err(error);
-                }
-                if started >= measure_from {
-                    latencies.push(started.elapsed());
-                }
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    let mut first_error = None;
-    for worker in workers {
-        match worker.await? {
-            Ok(latencies) => all.extend(latencies),
-            Err(error) => {
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    if let Some(error) = first_error {
-        return Err(error);
-    }
-    if all.is_empty() {
-        bail!("no request completed in the measured {} s", sizes.load_seconds);
-    }
-    all.sort();
-    Ok((all.len() as f64 / sizes.load_seconds, all))
 }
 
 /// The value at quantile `q` of sorted `values` (nearest rank).

@@ -43,7 +43,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 impl Server {
     /// Starts `kai serve` and waits for its `listening on http://ADDR` line.
     pub async fn start_kai(label: &str, binary: &Path, workdir: &Path) -> Result<Server> {
-        let dir = tempfile::Builder::new().prefix("kai-bench-kai-").tempdir_in(workdir)?;
+        let dir = tempfile::Builder::new()
+            .prefix("kai-bench-kai-")
+            .tempdir_in(workdir)?;
         let data = dir.path().join("data");
         let log = dir.path().join("server.log");
         let mut child = Command::new(binary)
@@ -72,28 +74,47 @@ impl Server {
         let address = match first {
             Ok(Ok(address)) => address,
             Ok(Err(error)) => bail!("{error:#}\n{}", tail(&log, 20)),
-            Err(_) => bail!("kai printed no `listening on` line within {READY_TIMEOUT:?}\n{}", tail(&log, 20)),
+            Err(_) => bail!(
+                "kai printed no `listening on` line within {READY_TIMEOUT:?}\n{}",
+                tail(&log, 20)
+            ),
         };
         // Keep draining stdout into the log so a chatty server never blocks on a full pipe.
-        let mut sink = tokio::fs::OpenOptions::new().append(true).open(&log).await?;
+        let mut sink = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .await?;
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 let _ = sink.write_all(format!("{line}\n").as_bytes()).await;
             }
         });
-        let base = Url::parse(&address).with_context(|| format!("kai's listening address {address:?} is not a URL"))?;
-        Ok(Server { label: label.to_string(), kind: Kind::Kai, base, child, pid, log, _dir: dir })
+        let base = Url::parse(&address)
+            .with_context(|| format!("kai's listening address {address:?} is not a URL"))?;
+        Ok(Server {
+            label: label.to_string(),
+            kind: Kind::Kai,
+            base,
+            child,
+            pid,
+            log,
+            _dir: dir,
+        })
     }
 
     /// Starts the reference registry (CNCF distribution) and waits until `GET /v2/` answers 200.
     pub async fn start_reference(label: &str, binary: &Path, workdir: &Path) -> Result<Server> {
-        let dir = tempfile::Builder::new().prefix("kai-bench-reference-").tempdir_in(workdir)?;
+        let dir = tempfile::Builder::new()
+            .prefix("kai-bench-reference-")
+            .tempdir_in(workdir)?;
         let data = dir.path().join("data");
         let log = dir.path().join("server.log");
         // distribution cannot listen on port 0 and report the port, so take a
         // free one from the kernel and hand it over; another process could
         // grab it in between, which the readiness check below would expose.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         // The Debian package's own config (and the upstream image's) with the
         // storage, the address and uploads purging changed: filesystem
         // storage, deletes enabled, the in-memory blob descriptor cache, and
@@ -116,10 +137,23 @@ impl Server {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} serve", binary.display()))?;
-        let pid = child.id().context("the reference registry exited at once")?;
+        let pid = child
+            .id()
+            .context("the reference registry exited at once")?;
         let base = Url::parse(&format!("http://127.0.0.1:{port}/"))?;
-        let mut server = Server { label: label.to_string(), kind: Kind::Reference, base, child, pid, log, _dir: dir };
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build()?;
+        let mut server = Server {
+            label: label.to_string(),
+            kind: Kind::Reference,
+            base,
+            child,
+            pid,
+            log,
+            _dir: dir,
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()?;
         let started = Instant::now();
         loop {
             server.check_running()?;
@@ -182,7 +216,12 @@ impl Server {
 pub fn process_usage(pid: u32) -> Result<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
     // utime and stime are fields 14 and 15 of the whole line; field 3 (state) is index 0 here.
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -194,7 +233,10 @@ pub fn process_usage(pid: u32) -> Result<Usage> {
         .trim_end_matches("kB")
         .trim()
         .parse()?;
-    Ok(Usage { cpu_seconds: ticks as f64 / clock_ticks_per_second(), peak_rss_bytes: peak_kib * 1024 })
+    Ok(Usage {
+        cpu_seconds: ticks as f64 / clock_ticks_per_second(),
+        peak_rss_bytes: peak_kib * 1024,
+    })
 }
 
 /// USER_HZ, which is 100 on every Linux architecture this runs on.
@@ -206,5 +248,10 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
-    format!("--- last {} lines of {} ---\n{}", all.len() - start, path.display(), all[start..].join("\n"))
+    format!(
+        "--- last {} lines of {} ---\n{}",
+        all.len() - start,
+        path.display(),
+        all[start..].join("\n")
+    )
 }

@@ -31,7 +31,10 @@ impl MetaError {
         matches!(
             self,
             MetaError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
             )
         )
     }
@@ -95,7 +98,11 @@ pub struct NewManifest<'a> {
 pub enum ManifestRejection {
     BlobUnknown(Digest),
     ManifestUnknown(Digest),
-    SizeMismatch { digest: Digest, claimed: i64, stored: i64 },
+    SizeMismatch {
+        digest: Digest,
+        claimed: i64,
+        stored: i64,
+    },
 }
 
 /// What deleting something that others may depend on did.
@@ -187,7 +194,11 @@ impl MetaStore {
     }
 
     /// The size of a blob if the repository may see it.
-    pub async fn repository_blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<u64>> {
+    pub async fn repository_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
         let row = sqlx::query(
             "SELECT blobs.size FROM repository_blobs JOIN blobs ON blobs.digest = repository_blobs.digest \
              WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2",
@@ -200,8 +211,14 @@ impl MetaStore {
     }
 
     /// Records that a verified blob is stored and visible in `repository`.
-    pub async fn link_blob(&self, repository: &RepositoryName, digest: &Digest, size: u64) -> Result<()> {
-        self.link_blob_finishing(repository, digest, size, None).await
+    pub async fn link_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<()> {
+        self.link_blob_finishing(repository, digest, size, None)
+            .await
     }
 
     /// Records a verified blob as [`MetaStore::link_blob`] does and, in the same
@@ -213,7 +230,8 @@ impl MetaStore {
         digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        self.link_blob_finishing(repository, digest, size, Some(upload)).await
+        self.link_blob_finishing(repository, digest, size, Some(upload))
+            .await
     }
 
     async fn link_blob_finishing(
@@ -267,7 +285,11 @@ impl MetaStore {
     }
 
     /// Removes a blob from a repository, unless a manifest there refers to it.
-    pub async fn unlink_blob(&self, repository: &RepositoryName, digest: &Digest) -> Result<DeleteOutcome> {
+    pub async fn unlink_blob(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<DeleteOutcome> {
         let mut transaction = self.writer.begin().await?;
         let referenced = sqlx::query(
             "SELECT parent FROM manifest_references WHERE repository = $1 AND kind = 'blob' AND child = $2 LIMIT 1",
@@ -279,11 +301,12 @@ impl MetaStore {
         if let Some(row) = referenced {
             return Ok(DeleteOutcome::ReferencedBy(row.get(0)));
         }
-        let deleted = sqlx::query("DELETE FROM repository_blobs WHERE repository = $1 AND digest = $2")
-            .bind(repository.as_str())
-            .bind(digest.to_string())
-            .execute(&mut *transaction)
-            .await?;
+        let deleted =
+            sqlx::query("DELETE FROM repository_blobs WHERE repository = $1 AND digest = $2")
+                .bind(repository.as_str())
+                .bind(digest.to_string())
+                .execute(&mut *transaction)
+                .await?;
         transaction.commit().await?;
         Ok(if deleted.rows_affected() > 0 {
             DeleteOutcome::Deleted
@@ -292,7 +315,11 @@ impl MetaStore {
         })
     }
 
-    pub async fn manifest_by_digest(&self, repository: &RepositoryName, digest: &Digest) -> Result<Option<StoredManifest>> {
+    pub async fn manifest_by_digest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<StoredManifest>> {
         let row = sqlx::query("SELECT digest, media_type, content FROM manifests WHERE repository = $1 AND digest = $2")
             .bind(repository.as_str())
             .bind(digest.to_string())
@@ -301,7 +328,11 @@ impl MetaStore {
         Ok(row.map(stored_manifest))
     }
 
-    pub async fn manifest_by_tag(&self, repository: &RepositoryName, tag: &str) -> Result<Option<StoredManifest>> {
+    pub async fn manifest_by_tag(
+        &self,
+        repository: &RepositoryName,
+        tag: &str,
+    ) -> Result<Option<StoredManifest>> {
         let row = sqlx::query(
             "SELECT manifests.digest, manifests.media_type, manifests.content FROM tags \
              JOIN manifests ON manifests.repository = tags.repository AND manifests.digest = tags.digest \
@@ -316,7 +347,10 @@ impl MetaStore {
 
     /// Stores a manifest with its references and tags, after checking in the same
     /// transaction that everything it refers to is present with the claimed size.
-    pub async fn put_manifest(&self, manifest: NewManifest<'_>) -> Result<Result<(), ManifestRejection>> {
+    pub async fn put_manifest(
+        &self,
+        manifest: NewManifest<'_>,
+    ) -> Result<Result<(), ManifestRejection>> {
         let now = now();
         let repository = manifest.repository.as_str();
         let mut transaction = self.writer.begin().await?;
@@ -342,13 +376,18 @@ impl MetaStore {
             }
         }
         for child in manifest.manifests {
-            let row = sqlx::query("SELECT size FROM manifests WHERE repository = $1 AND digest = $2")
-                .bind(repository)
-                .bind(child.digest.to_string())
-                .fetch_optional(&mut *transaction)
-                .await?;
+            let row =
+                sqlx::query("SELECT size FROM manifests WHERE repository = $1 AND digest = $2")
+                    .bind(repository)
+                    .bind(child.digest.to_string())
+                    .fetch_optional(&mut *transaction)
+                    .await?;
             match row.map(|row| row.get::<i64, _>(0)) {
-                None => return Ok(Err(ManifestRejection::ManifestUnknown(child.digest.clone()))),
+                None => {
+                    return Ok(Err(ManifestRejection::ManifestUnknown(
+                        child.digest.clone(),
+                    )))
+                }
                 Some(stored) if stored != child.size => {
                     return Ok(Err(ManifestRejection::SizeMismatch {
                         digest: child.digest.clone(),
@@ -381,7 +420,12 @@ impl MetaStore {
                 .blobs
                 .iter()
                 .map(|blob| ("blob", blob.digest.to_string()))
-                .chain(manifest.manifests.iter().map(|child| ("manifest", child.digest.to_string())))
+                .chain(
+                    manifest
+                        .manifests
+                        .iter()
+                        .map(|child| ("manifest", child.digest.to_string())),
+                )
                 .collect();
             for (kind, child) in references {
                 sqlx::query("INSERT INTO manifest_references (repository, parent, kind, child) VALUES ($1, $2, $3, $4)")
@@ -411,7 +455,11 @@ impl MetaStore {
 
     /// Deletes a manifest and the tags naming it, unless an index in the same
     /// repository lists it.
-    pub async fn delete_manifest(&self, repository: &RepositoryName, digest: &Digest) -> Result<DeleteOutcome> {
+    pub async fn delete_manifest(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<DeleteOutcome> {
         let digest = digest.to_string();
         let mut transaction = self.writer.begin().await?;
         let exists = sqlx::query("SELECT 1 FROM manifests WHERE repository = $1 AND digest = $2")
@@ -458,23 +506,31 @@ impl MetaStore {
     }
 
     /// Up to `limit` tags after `last`, in byte order.
-    pub async fn tags(&self, repository: &RepositoryName, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT name FROM tags WHERE repository = $1 AND name > $2 ORDER BY name LIMIT $3")
-            .bind(repository.as_str())
-            .bind(last.unwrap_or(""))
-            .bind(limit)
-            .fetch_all(&self.reader)
-            .await?;
+    pub async fn tags(
+        &self,
+        repository: &RepositoryName,
+        last: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT name FROM tags WHERE repository = $1 AND name > $2 ORDER BY name LIMIT $3",
+        )
+        .bind(repository.as_str())
+        .bind(last.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
     }
 
     /// Up to `limit` repository names after `last`, in byte order.
     pub async fn repositories(&self, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
-            .bind(last.unwrap_or(""))
-            .bind(limit)
-            .fetch_all(&self.reader)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name FROM repositories WHERE name > $1 ORDER BY name LIMIT $2")
+                .bind(last.unwrap_or(""))
+                .bind(limit)
+                .fetch_all(&self.reader)
+                .await?;
         Ok(rows.into_iter().map(|row| row.get(0)).collect())
     }
 
@@ -519,10 +575,12 @@ impl MetaStore {
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
-        let row = sqlx::query("SELECT id, repository, size, created_at, updated_at FROM uploads WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, repository, size, created_at, updated_at FROM uploads WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
         Ok(row.map(|row| Upload {
             id: row.get(0),
             repository: row.get(1),
@@ -535,13 +593,15 @@ impl MetaStore {
     /// Moves an upload's acknowledged size from `from` to `to`. Returns false
     /// when another request changed it first (or the upload is gone).
     pub async fn advance_upload(&self, id: &str, from: u64, to: u64) -> Result<bool> {
-        let updated = sqlx::query("UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4")
-            .bind(to as i64)
-            .bind(now())
-            .bind(id)
-            .bind(from as i64)
-            .execute(&self.writer)
-            .await?;
+        let updated = sqlx::query(
+            "UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4",
+        )
+        .bind(to as i64)
+        .bind(now())
+        .bind(id)
+        .bind(from as i64)
+        .execute(&self.writer)
+        .await?;
         Ok(updated.rows_affected() > 0)
     }
 
@@ -577,11 +637,13 @@ async fn ensure_repository(
     repository: &RepositoryName,
     now: i64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(repository.as_str())
-        .bind(now)
-        .execute(&mut **transaction)
-        .await?;
+    sqlx::query(
+        "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(repository.as_str())
+    .bind(now)
+    .execute(&mut **transaction)
+    .await?;
     Ok(())
 }
 

@@ -29,7 +29,10 @@ pub fn accepted_media_types<'a>(accept_headers: impl IntoIterator<Item = &'a str
             let media_type = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
             let refused = parts.any(|parameter| {
                 let parameter = parameter.trim().replace(' ', "");
-                parameter == "q=0" || parameter == "q=0.0" || parameter == "q=0.00" || parameter == "q=0.000"
+                parameter == "q=0"
+                    || parameter == "q=0.0"
+                    || parameter == "q=0.00"
+                    || parameter == "q=0.000"
             });
             if !media_type.is_empty() && !refused {
                 accepted.push(media_type);
@@ -48,11 +51,21 @@ pub fn accepted_media_types<'a>(accept_headers: impl IntoIterator<Item = &'a str
 /// by digest always gets the stored bytes.
 pub fn negotiate(stored_media_type: &str, accepted: &[String]) -> Negotiated {
     let accepts = |media_type: &str| accepted.iter().any(|item| item == media_type);
-    if accepted.is_empty()
-        || accepts(stored_media_type)
-        || accepts("*/*")
-        || accepts("application/*")
+    if accepted.is_empty() || accepts("*/*") || accepts("application/*") {
+        return Negotiated::Stored;
+    }
+    // Docker's CLI up to 20.10 lists the OCI index type (its manifest-list
+    // package registers it) but cannot read the OCI image manifests an index
+    // leads to; it follows a Docker list of converted children instead.
+    if stored_media_type == OCI_IMAGE_INDEX
+        && accepts(OCI_IMAGE_INDEX)
+        && !accepts(OCI_IMAGE_MANIFEST)
+        && accepts(DOCKER_MANIFEST_LIST)
+        && accepts(DOCKER_MANIFEST)
     {
+        return Negotiated::Convert(DOCKER_MANIFEST_LIST);
+    }
+    if accepts(stored_media_type) {
         return Negotiated::Stored;
     }
     let counterpart = match stored_media_type {
@@ -190,7 +203,11 @@ pub fn docker_list_from_index(
     let Value::Object(mut object) = serde_json::from_slice::<Value>(index).ok()? else {
         return None;
     };
-    if object.get("mediaType").and_then(Value::as_str).unwrap_or(OCI_IMAGE_INDEX) != OCI_IMAGE_INDEX
+    if object
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or(OCI_IMAGE_INDEX)
+        != OCI_IMAGE_INDEX
         || object.contains_key("subject")
         || object.contains_key("artifactType")
     {
@@ -199,11 +216,17 @@ pub fn docker_list_from_index(
     let entries = object.get_mut("manifests")?.as_array_mut()?;
     let mut converted = Vec::with_capacity(entries.len());
     for mut entry in entries.drain(..) {
-        let media_type = entry.get("mediaType").and_then(Value::as_str).unwrap_or_default();
+        let media_type = entry
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         match media_type {
             DOCKER_MANIFEST => converted.push(entry),
             OCI_IMAGE_MANIFEST => {
-                let digest = entry.get("digest").and_then(Value::as_str).unwrap_or_default();
+                let digest = entry
+                    .get("digest")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 if let Some(Some((new_digest, size))) = children.get(digest) {
                     let descriptor = entry.as_object_mut()?;
                     descriptor.insert("mediaType".into(), Value::String(DOCKER_MANIFEST.into()));
@@ -215,8 +238,16 @@ pub fn docker_list_from_index(
             _ => {}
         }
     }
+    if converted.is_empty() && !entries.is_empty() {
+        // Nothing an old client could follow (a BuildKit cache index, say).
+        return None;
+    }
     *entries = converted;
-    serde_json::to_vec_pretty(&Value::Object(with_media_type(object, DOCKER_MANIFEST_LIST))).ok()
+    serde_json::to_vec_pretty(&Value::Object(with_media_type(
+        object,
+        DOCKER_MANIFEST_LIST,
+    )))
+    .ok()
 }
 
 #[cfg(test)]
@@ -235,9 +266,26 @@ mod tests {
             negotiate(OCI_IMAGE_INDEX, &old_client),
             Negotiated::Convert(DOCKER_MANIFEST_LIST)
         );
-        assert_eq!(negotiate(DOCKER_MANIFEST_LIST, &old_client), Negotiated::Stored);
+        assert_eq!(
+            negotiate(DOCKER_MANIFEST_LIST, &old_client),
+            Negotiated::Stored
+        );
+        let docker_20_10 = accepted(&format!(
+            "{DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}, {OCI_IMAGE_INDEX}, application/vnd.docker.distribution.manifest.v1+prettyjws"
+        ));
+        assert_eq!(
+            negotiate(OCI_IMAGE_INDEX, &docker_20_10),
+            Negotiated::Convert(DOCKER_MANIFEST_LIST)
+        );
+        let current = accepted(&format!(
+            "{DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}, {OCI_IMAGE_INDEX}, {OCI_IMAGE_MANIFEST}"
+        ));
+        assert_eq!(negotiate(OCI_IMAGE_INDEX, &current), Negotiated::Stored);
         assert_eq!(negotiate(OCI_IMAGE_INDEX, &[]), Negotiated::Stored);
-        assert_eq!(negotiate(OCI_IMAGE_INDEX, &accepted("*/*")), Negotiated::Stored);
+        assert_eq!(
+            negotiate(OCI_IMAGE_INDEX, &accepted("*/*")),
+            Negotiated::Stored
+        );
         let refuses_oci = accepted(&format!("{OCI_IMAGE_INDEX};q=0, {DOCKER_MANIFEST_LIST}"));
         assert_eq!(
             negotiate(OCI_IMAGE_INDEX, &refuses_oci),
@@ -269,7 +317,10 @@ mod tests {
             digest('c'),
             digest('d')
         );
-        assert_eq!(oci_image_children(index.as_bytes()), [digest('c'), digest('d')]);
+        assert_eq!(
+            oci_image_children(index.as_bytes()),
+            [digest('c'), digest('d')]
+        );
         let children = std::collections::HashMap::from([
             (digest('c'), Some((digest('e'), 42))),
             (digest('d'), None),
@@ -280,11 +331,24 @@ mod tests {
         assert_eq!(parsed_list.manifests[0].digest.to_string(), digest('e'));
         assert_eq!(parsed_list.manifests[0].media_type, DOCKER_MANIFEST);
         assert_eq!(parsed_list.manifests[0].size, 42);
-        assert_eq!(parsed_list.manifests[0].platform.as_ref().unwrap().architecture, "arm64");
+        assert_eq!(
+            parsed_list.manifests[0]
+                .platform
+                .as_ref()
+                .unwrap()
+                .architecture,
+            "arm64"
+        );
         let parsed_back = manifest::parse(Some(OCI_IMAGE_MANIFEST), &back).unwrap();
         assert_eq!(parsed_back.blobs[1].media_type, OCI_LAYER_TAR_GZIP);
 
-        let zstd = body.replace(OCI_LAYER_TAR_GZIP, "application/vnd.oci.image.layer.v1.tar+zstd");
-        assert_eq!(convert(OCI_IMAGE_MANIFEST, zstd.as_bytes(), DOCKER_MANIFEST), None);
+        let zstd = body.replace(
+            OCI_LAYER_TAR_GZIP,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        );
+        assert_eq!(
+            convert(OCI_IMAGE_MANIFEST, zstd.as_bytes(), DOCKER_MANIFEST),
+            None
+        );
     }
 }

@@ -80,9 +80,7 @@ pub enum ManifestError {
         "Docker schema 1 manifests are not supported; push with a current client, which sends schema 2 or OCI"
     )]
     SchemaOne,
-    #[error(
-        "the manifest's mediaType {body:?} does not match the Content-Type header {header:?}"
-    )]
+    #[error("the manifest's mediaType {body:?} does not match the Content-Type header {header:?}")]
     MediaTypeMismatch { body: String, header: String },
     #[error(
         "cannot tell what kind of manifest this is: set Content-Type or the mediaType field to an \
@@ -138,7 +136,10 @@ fn parse_descriptor_list(
         .collect()
 }
 
-fn optional_string(field: &str, value: Option<serde_json::Value>) -> Result<Option<String>, ManifestError> {
+fn optional_string(
+    field: &str,
+    value: Option<serde_json::Value>,
+) -> Result<Option<String>, ManifestError> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(text)) => Ok(Some(text)),
@@ -154,8 +155,8 @@ fn optional_string(field: &str, value: Option<serde_json::Value>) -> Result<Opti
 /// what the structure shows (`manifests` means an OCI index, `config` an OCI
 /// image manifest).
 pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, ManifestError> {
-    let raw: RawManifest =
-        serde_json::from_slice(body).map_err(|error| ManifestError::InvalidJson(error.to_string()))?;
+    let raw: RawManifest = serde_json::from_slice(body)
+        .map_err(|error| ManifestError::InvalidJson(error.to_string()))?;
     let header = content_type.map(essence).filter(|value| !value.is_empty());
     let body_media_type = optional_string("mediaType", raw.media_type)?;
 
@@ -255,7 +256,10 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<ParsedManifest, 
             }
             for (index, layer) in layers.iter().enumerate() {
                 if layer.media_type.is_empty() {
-                    return Err(invalid_field(format!("layers[{index}].mediaType"), "is missing"));
+                    return Err(invalid_field(
+                        format!("layers[{index}].mediaType"),
+                        "is missing",
+                    ));
                 }
             }
             artifact_type = declared_artifact_type.or_else(|| Some(config.media_type.clone()));
@@ -344,7 +348,10 @@ mod tests {
             digest('c')
         ));
         let parsed = parse(None, body.as_bytes()).unwrap();
-        assert_eq!(parsed.artifact_type.as_deref(), Some("application/vnd.example.sbom"));
+        assert_eq!(
+            parsed.artifact_type.as_deref(),
+            Some("application/vnd.example.sbom")
+        );
         assert_eq!(parsed.subject.unwrap().digest.to_string(), digest('c'));
     }
 

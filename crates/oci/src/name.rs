@@ -118,7 +118,10 @@ mod tests {
             "a.b_c__d---e/f0",
             "x/y/z/w/v",
         ] {
-            assert!(good.parse::<RepositoryName>().is_ok(), "{good:?} should be accepted");
+            assert!(
+                good.parse::<RepositoryName>().is_ok(),
+                "{good:?} should be accepted"
+            );
         }
     }
 
@@ -142,7 +145,10 @@ mod tests {
             "a%2fb",
             too_long.as_str(),
         ] {
-            assert!(bad.parse::<RepositoryName>().is_err(), "{bad:?} should be rejected");
+            assert!(
+                bad.parse::<RepositoryName>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         assert!("a".repeat(255).parse::<RepositoryName>().is_ok());
     }

@@ -32,7 +32,9 @@ impl FromStr for Tag {
         if valid {
             Ok(Tag(input.to_owned()))
         } else {
-            Err(ReferenceError::InvalidTag(input.chars().take(140).collect()))
+            Err(ReferenceError::InvalidTag(
+                input.chars().take(140).collect(),
+            ))
         }
     }
 }
@@ -90,7 +92,10 @@ mod tests {
     fn tags_and_digests() {
         assert!(matches!("latest".parse(), Ok(Reference::Tag(_))));
         assert!(matches!("_v1.0-rc.1".parse(), Ok(Reference::Tag(_))));
-        assert!(matches!("sha256:abc".parse::<Reference>(), Err(ReferenceError::InvalidDigest(_))));
+        assert!(matches!(
+            "sha256:abc".parse::<Reference>(),
+            Err(ReferenceError::InvalidDigest(_))
+        ));
         for bad in ["", ".hidden", "-x", "a/b", "a b", &"t".repeat(129)] {
             assert!(bad.parse::<Tag>().is_err(), "{bad:?} should be rejected");
         }

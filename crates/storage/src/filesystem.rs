@@ -80,7 +80,10 @@ impl FilesystemStore {
     }
 
     fn take_progress(&self, upload: &UploadId, size: u64) -> Option<ContentHasher> {
-        let mut progress = self.hash_progress.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut progress = self
+            .hash_progress
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         match progress.remove(upload) {
             Some(entry) if entry.size == size => Some(entry.hasher),
             _ => None,
@@ -88,12 +91,18 @@ impl FilesystemStore {
     }
 
     fn keep_progress(&self, upload: &UploadId, size: u64, hasher: ContentHasher) {
-        let mut progress = self.hash_progress.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut progress = self
+            .hash_progress
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         progress.insert(upload.clone(), HashProgress { size, hasher });
     }
 
     fn forget_progress(&self, upload: &UploadId) {
-        let mut progress = self.hash_progress.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut progress = self
+            .hash_progress
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         progress.remove(upload);
     }
 }
@@ -123,7 +132,10 @@ fn hash_file_prefix(file: &mut File, size: u64, algorithm: DigestAlgorithm) -> i
         let want = remaining.min(buffer.len() as u64) as usize;
         let read = file.read(&mut buffer[..want])?;
         if read == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "upload file shorter than expected"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upload file shorter than expected",
+            ));
         }
         hasher.update(&buffer[..read]);
         remaining -= read as u64;
@@ -141,7 +153,11 @@ impl BlobStore for FilesystemStore {
         }
     }
 
-    async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<Option<ByteStream>> {
+    async fn read_blob(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Option<ByteStream>> {
         let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -192,34 +208,35 @@ impl BlobStore for FilesystemStore {
 
         // Hashing and writing run on a blocking thread while this task keeps
         // reading the network, so the two overlap.
-        let writer = tokio::task::spawn_blocking(move || -> Result<(u64, Option<ContentHasher>)> {
-            let mut file = open_upload(&path)?;
-            let length = file.metadata()?.len();
-            if length < offset {
-                return Err(StorageError::UploadDataLost {
-                    expected: offset,
-                    actual: length,
-                });
-            }
-            if length > offset {
-                // Left over from a write that was never acknowledged.
-                file.set_len(offset)?;
-            }
-            file.seek(SeekFrom::Start(offset))?;
-            let mut hasher = hasher;
-            let mut output = BufWriter::with_capacity(WRITE_BUFFER, file);
-            let mut written = 0u64;
-            while let Some(chunk) = receiver.blocking_recv() {
-                if let Some(hasher) = hasher.as_mut() {
-                    hasher.update(&chunk);
+        let writer =
+            tokio::task::spawn_blocking(move || -> Result<(u64, Option<ContentHasher>)> {
+                let mut file = open_upload(&path)?;
+                let length = file.metadata()?.len();
+                if length < offset {
+                    return Err(StorageError::UploadDataLost {
+                        expected: offset,
+                        actual: length,
+                    });
                 }
-                output.write_all(&chunk)?;
-                written += chunk.len() as u64;
-            }
-            let file = output.into_inner().map_err(|error| error.into_error())?;
-            file.sync_data()?;
-            Ok((written, hasher))
-        });
+                if length > offset {
+                    // Left over from a write that was never acknowledged.
+                    file.set_len(offset)?;
+                }
+                file.seek(SeekFrom::Start(offset))?;
+                let mut hasher = hasher;
+                let mut output = BufWriter::with_capacity(WRITE_BUFFER, file);
+                let mut written = 0u64;
+                while let Some(chunk) = receiver.blocking_recv() {
+                    if let Some(hasher) = hasher.as_mut() {
+                        hasher.update(&chunk);
+                    }
+                    output.write_all(&chunk)?;
+                    written += chunk.len() as u64;
+                }
+                let file = output.into_inner().map_err(|error| error.into_error())?;
+                file.sync_data()?;
+                Ok((written, hasher))
+            });
 
         let mut received = 0u64;
         let mut failure = None;
@@ -321,7 +338,11 @@ impl BlobStore for FilesystemStore {
         let mut uploads = Vec::new();
         let mut entries = tokio::fs::read_dir(self.root.join("uploads")).await?;
         while let Some(entry) = entries.next_entry().await? {
-            if let Some(upload) = entry.file_name().to_str().and_then(|name| name.parse().ok()) {
+            if let Some(upload) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse().ok())
+            {
                 uploads.push(upload);
             }
         }
@@ -335,7 +356,10 @@ mod tests {
     use futures::stream;
 
     fn body(parts: &[&'static [u8]]) -> ByteStream {
-        let parts: Vec<io::Result<Bytes>> = parts.iter().map(|part| Ok(Bytes::from_static(part))).collect();
+        let parts: Vec<io::Result<Bytes>> = parts
+            .iter()
+            .map(|part| Ok(Bytes::from_static(part)))
+            .collect();
         stream::iter(parts).boxed()
     }
 
@@ -350,15 +374,25 @@ mod tests {
         let store = FilesystemStore::open(directory.path()).unwrap();
         let upload = UploadId::generate();
         store.start_upload(&upload).await.unwrap();
-        let first = store.write_upload(&upload, 0, body(&[b"hello "]), None).await.unwrap();
+        let first = store
+            .write_upload(&upload, 0, body(&[b"hello "]), None)
+            .await
+            .unwrap();
         assert_eq!(first, Written { bytes: 6, size: 6 });
-        let second = store.write_upload(&upload, 6, body(&[b"wor", b"ld"]), None).await.unwrap();
+        let second = store
+            .write_upload(&upload, 6, body(&[b"wor", b"ld"]), None)
+            .await
+            .unwrap();
         assert_eq!(second.size, 11);
         let digest = Digest::sha256_of(b"hello world");
         store.commit_upload(&upload, 11, &digest).await.unwrap();
         assert_eq!(store.blob_size(&digest).await.unwrap(), Some(11));
         let range = ByteRange { start: 6, end: 10 };
-        let read = store.read_blob(&digest, Some(range)).await.unwrap().unwrap();
+        let read = store
+            .read_blob(&digest, Some(range))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(read_all(read).await, b"world");
         assert!(store.list_uploads().await.unwrap().is_empty());
     }
@@ -369,26 +403,47 @@ mod tests {
         let store = FilesystemStore::open(directory.path()).unwrap();
         let upload = UploadId::generate();
         store.start_upload(&upload).await.unwrap();
-        store.write_upload(&upload, 0, body(&[b"abc"]), None).await.unwrap();
+        store
+            .write_upload(&upload, 0, body(&[b"abc"]), None)
+            .await
+            .unwrap();
         let broken = stream::iter(vec![
             Ok(Bytes::from_static(b"garbage")),
             Err(io::Error::other("connection reset")),
         ])
         .boxed();
-        let error = store.write_upload(&upload, 3, broken, None).await.unwrap_err();
+        let error = store
+            .write_upload(&upload, 3, broken, None)
+            .await
+            .unwrap_err();
         assert!(matches!(error, StorageError::Body(_)));
         // A fresh store has no hash progress, so commit re-reads the file.
         let reopened = FilesystemStore::open(directory.path()).unwrap();
-        reopened.write_upload(&upload, 3, body(&[b"def"]), None).await.unwrap();
+        reopened
+            .write_upload(&upload, 3, body(&[b"def"]), None)
+            .await
+            .unwrap();
         let wrong = Digest::sha256_of(b"something else");
-        let error = reopened.commit_upload(&upload, 6, &wrong).await.unwrap_err();
+        let error = reopened
+            .commit_upload(&upload, 6, &wrong)
+            .await
+            .unwrap_err();
         assert!(matches!(error, StorageError::DigestMismatch { .. }));
         assert_eq!(reopened.blob_size(&wrong).await.unwrap(), None);
-        assert_eq!(reopened.blob_size(&Digest::sha256_of(b"abcdef")).await.unwrap(), None);
+        assert_eq!(
+            reopened
+                .blob_size(&Digest::sha256_of(b"abcdef"))
+                .await
+                .unwrap(),
+            None
+        );
 
         let upload = UploadId::generate();
         reopened.start_upload(&upload).await.unwrap();
-        reopened.write_upload(&upload, 0, body(&[b"abcdef"]), None).await.unwrap();
+        reopened
+            .write_upload(&upload, 0, body(&[b"abcdef"]), None)
+            .await
+            .unwrap();
         let digest = Digest::sha256_of(b"abcdef");
         reopened.commit_upload(&upload, 6, &digest).await.unwrap();
         let read = reopened.read_blob(&digest, None).await.unwrap().unwrap();
@@ -400,14 +455,31 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let store = FilesystemStore::open(directory.path()).unwrap();
         let upload = UploadId::generate();
-        let error = store.write_upload(&upload, 0, body(&[b"x"]), None).await.unwrap_err();
+        let error = store
+            .write_upload(&upload, 0, body(&[b"x"]), None)
+            .await
+            .unwrap_err();
         assert!(matches!(error, StorageError::UploadUnknown));
         store.start_upload(&upload).await.unwrap();
-        let error = store.write_upload(&upload, 0, body(&[b"12345"]), Some(4)).await.unwrap_err();
+        let error = store
+            .write_upload(&upload, 0, body(&[b"12345"]), Some(4))
+            .await
+            .unwrap_err();
         assert!(matches!(error, StorageError::TooLarge { limit: 4 }));
-        let error = store.write_upload(&upload, 10, body(&[b"x"]), None).await.unwrap_err();
-        assert!(matches!(error, StorageError::UploadDataLost { expected: 10, actual: 0 }));
+        let error = store
+            .write_upload(&upload, 10, body(&[b"x"]), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            StorageError::UploadDataLost {
+                expected: 10,
+                actual: 0
+            }
+        ));
         assert!("../../etc/passwd".parse::<UploadId>().is_err());
-        assert!("6F9619FF-8B86-D011-B42D-00C04FC964FF".parse::<UploadId>().is_err());
+        assert!("6F9619FF-8B86-D011-B42D-00C04FC964FF"
+            .parse::<UploadId>()
+            .is_err());
     }
 }

@@ -78,7 +78,9 @@ impl ByteRange {
 pub enum StorageError {
     #[error("the upload has no staged data (it expired, was cancelled or finished)")]
     UploadUnknown,
-    #[error("the upload holds {actual} bytes, but {expected} were acknowledged; restart the upload")]
+    #[error(
+        "the upload holds {actual} bytes, but {expected} were acknowledged; restart the upload"
+    )]
     UploadDataLost { expected: u64, actual: u64 },
     #[error("the uploaded content has digest {actual}, not {expected}")]
     DigestMismatch { expected: Digest, actual: Digest },
@@ -108,7 +110,11 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// A stream of the blob's bytes (all of them, or one range), or `None`
     /// when it is not stored.
-    async fn read_blob(&self, digest: &Digest, range: Option<ByteRange>) -> Result<Option<ByteStream>>;
+    async fn read_blob(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Option<ByteStream>>;
 
     /// Removes a stored blob. Removing a blob that is not stored is not an error.
     async fn delete_blob(&self, digest: &Digest) -> Result<()>;

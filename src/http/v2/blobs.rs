@@ -36,7 +36,9 @@ pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
     let parse = |text: &str| text.trim().parse::<u64>().ok();
     let range = match (start.trim().is_empty(), end.trim().is_empty()) {
         (true, false) => {
-            let Some(suffix) = parse(end) else { return RangeRequest::Unsatisfiable };
+            let Some(suffix) = parse(end) else {
+                return RangeRequest::Unsatisfiable;
+            };
             if suffix == 0 || size == 0 {
                 return RangeRequest::Unsatisfiable;
             }
@@ -46,11 +48,16 @@ pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
             }
         }
         (false, true) => {
-            let Some(start) = parse(start) else { return RangeRequest::Unsatisfiable };
+            let Some(start) = parse(start) else {
+                return RangeRequest::Unsatisfiable;
+            };
             if start >= size {
                 return RangeRequest::Unsatisfiable;
             }
-            ByteRange { start, end: size - 1 }
+            ByteRange {
+                start,
+                end: size - 1,
+            }
         }
         (false, false) => {
             let (Some(start), Some(end)) = (parse(start), parse(end)) else {
@@ -80,8 +87,13 @@ pub async fn get(
         .meta
         .repository_blob(name, digest)
         .await?
-        .ok_or_else(|| ApiError::BlobUnknown { digest: digest.clone() })?;
-    let range = match parse_range(headers.get("range").and_then(|value| value.to_str().ok()), size) {
+        .ok_or_else(|| ApiError::BlobUnknown {
+            digest: digest.clone(),
+        })?;
+    let range = match parse_range(
+        headers.get("range").and_then(|value| value.to_str().ok()),
+        size,
+    ) {
         RangeRequest::Whole => None,
         RangeRequest::Partial(range) => Some(range),
         RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
@@ -94,9 +106,10 @@ pub async fn get(
         .header("cache-control", "max-age=31536000");
     let length = match range {
         Some(range) => {
-            response = response
-                .status(StatusCode::PARTIAL_CONTENT)
-                .header("content-range", header(format!("bytes {}-{}/{size}", range.start, range.end)));
+            response = response.status(StatusCode::PARTIAL_CONTENT).header(
+                "content-range",
+                header(format!("bytes {}-{}/{size}", range.start, range.end)),
+            );
             range.len()
         }
         None => size,
@@ -107,12 +120,20 @@ pub async fn get(
     }
     let Some(stream) = state.blobs.read_blob(digest, range).await? else {
         tracing::error!(%digest, "blob is linked in the metadata but missing from storage");
-        return Err(ApiError::BlobUnknown { digest: digest.clone() });
+        return Err(ApiError::BlobUnknown {
+            digest: digest.clone(),
+        });
     };
-    response.body(Body::from_stream(stream)).map_err(ApiError::internal)
+    response
+        .body(Body::from_stream(stream))
+        .map_err(ApiError::internal)
 }
 
-pub async fn delete(state: &AppState, name: &RepositoryName, digest: &Digest) -> Result<Response, ApiError> {
+pub async fn delete(
+    state: &AppState,
+    name: &RepositoryName,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
     match state.meta.unlink_blob(name, digest).await? {
         DeleteOutcome::Deleted => Ok(super::empty(StatusCode::ACCEPTED, vec![])),
         DeleteOutcome::NotFound => Err(ApiError::BlobUnknown { digest: digest.clone() }),
@@ -140,9 +161,18 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-3"), 10), partial(7, 9));
         assert_eq!(parse_range(Some("bytes=-30"), 10), partial(0, 9));
         assert_eq!(parse_range(Some("bytes=8-100"), 10), partial(8, 9));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=5-4"), 10), RangeRequest::Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=x-4"), 10), RangeRequest::Unsatisfiable);
+        assert_eq!(
+            parse_range(Some("bytes=10-"), 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=5-4"), 10),
+            RangeRequest::Unsatisfiable
+        );
+        assert_eq!(
+            parse_range(Some("bytes=x-4"), 10),
+            RangeRequest::Unsatisfiable
+        );
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeRequest::Whole);
         assert_eq!(parse_range(Some("items=0-1"), 10), RangeRequest::Whole);
     }

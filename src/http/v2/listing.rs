@@ -35,11 +35,20 @@ fn page(state: &AppState, query: Option<&str>) -> Result<Page, ApiError> {
 }
 
 /// The listing response, with a `Link` to the next page when there may be one.
-fn paged_response(path: &str, page: &Page, mut entries: Vec<String>, body: impl FnOnce(Vec<String>) -> Value) -> Response {
+fn paged_response(
+    path: &str,
+    page: &Page,
+    mut entries: Vec<String>,
+    body: impl FnOnce(Vec<String>) -> Value,
+) -> Response {
     let more = entries.len() as i64 > page.limit;
     entries.truncate(page.limit as usize);
     let next = match (more, entries.last()) {
-        (true, Some(last)) => Some(format!("<{path}?n={}&last={}>; rel=\"next\"", page.limit, encode(last))),
+        (true, Some(last)) => Some(format!(
+            "<{path}?n={}&last={}>; rel=\"next\"",
+            page.limit,
+            encode(last)
+        )),
         _ => None,
     };
     let mut response = axum::Json(body(entries)).into_response();
@@ -51,23 +60,47 @@ fn paged_response(path: &str, page: &Page, mut entries: Vec<String>, body: impl 
 
 /// Percent-encodes what may appear in a name or tag but not in a query value.
 fn encode(text: &str) -> String {
-    text.replace('%', "%25").replace('/', "%2F").replace('+', "%2B")
+    text.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('+', "%2B")
 }
 
-pub async fn tags(state: &AppState, name: &RepositoryName, query: Option<&str>) -> Result<Response, ApiError> {
+pub async fn tags(
+    state: &AppState,
+    name: &RepositoryName,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
     let page = page(state, query)?;
-    let tags = state.meta.tags(name, page.last.as_deref(), page.limit + 1).await?;
+    let tags = state
+        .meta
+        .tags(name, page.last.as_deref(), page.limit + 1)
+        .await?;
     if tags.is_empty() && !state.meta.repository_exists(name).await? {
-        return Err(ApiError::NameUnknown { name: name.to_string() });
+        return Err(ApiError::NameUnknown {
+            name: name.to_string(),
+        });
     }
     let path = format!("/v2/{name}/tags/list");
-    Ok(paged_response(&path, &page, tags, |tags| json!({ "name": name.as_str(), "tags": tags })))
+    Ok(paged_response(
+        &path,
+        &page,
+        tags,
+        |tags| json!({ "name": name.as_str(), "tags": tags }),
+    ))
 }
 
 pub async fn catalog(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
     let page = page(state, query)?;
-    let names = state.meta.repositories(page.last.as_deref(), page.limit + 1).await?;
-    Ok(paged_response("/v2/_catalog", &page, names, |names| json!({ "repositories": names })))
+    let names = state
+        .meta
+        .repositories(page.last.as_deref(), page.limit + 1)
+        .await?;
+    Ok(paged_response(
+        "/v2/_catalog",
+        &page,
+        names,
+        |names| json!({ "repositories": names }),
+    ))
 }
 
 pub async fn referrers(
@@ -77,7 +110,10 @@ pub async fn referrers(
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let artifact_type = query_value(query, "artifactType").filter(|value| !value.is_empty());
-    let referrers = state.meta.referrers(name, subject, artifact_type.as_deref()).await?;
+    let referrers = state
+        .meta
+        .referrers(name, subject, artifact_type.as_deref())
+        .await?;
     let manifests: Vec<Value> = referrers
         .into_iter()
         .map(|referrer| {
@@ -89,7 +125,10 @@ pub async fn referrers(
             if let Some(artifact_type) = referrer.artifact_type {
                 descriptor["artifactType"] = Value::String(artifact_type);
             }
-            if let Some(annotations) = referrer.annotations.and_then(|text| serde_json::from_str::<Value>(&text).ok()) {
+            if let Some(annotations) = referrer
+                .annotations
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            {
                 descriptor["annotations"] = annotations;
             }
             descriptor

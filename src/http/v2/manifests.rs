@@ -42,16 +42,25 @@ pub async fn get(
     let (digest, media_type, content) = match reference {
         Reference::Tag(_) => {
             let accepted = convert::accepted_media_types(
-                headers.get_all("accept").iter().filter_map(|value| value.to_str().ok()),
+                headers
+                    .get_all("accept")
+                    .iter()
+                    .filter_map(|value| value.to_str().ok()),
             );
             let converted = match convert::negotiate(&media_type, &accepted) {
-                Negotiated::Convert(target) => convert_for_client(state, name, &media_type, &content, target)
-                    .await?
-                    .map(|converted| (target, converted)),
+                Negotiated::Convert(target) => {
+                    convert_for_client(state, name, &media_type, &content, target)
+                        .await?
+                        .map(|converted| (target, converted))
+                }
                 Negotiated::Stored => None,
             };
             match converted {
-                Some((target, converted)) => (Digest::sha256_of(&converted).to_string(), target.to_owned(), converted),
+                Some((target, converted)) => (
+                    Digest::sha256_of(&converted).to_string(),
+                    target.to_owned(),
+                    converted,
+                ),
                 None => (digest, media_type, content),
             }
         }
@@ -85,14 +94,22 @@ async fn convert_for_client(
     content: &[u8],
     target: &str,
 ) -> Result<Option<Vec<u8>>, ApiError> {
-    if !(stored_media_type == media_type::OCI_IMAGE_INDEX && target == media_type::DOCKER_MANIFEST_LIST) {
+    if !(stored_media_type == media_type::OCI_IMAGE_INDEX
+        && target == media_type::DOCKER_MANIFEST_LIST)
+    {
         return Ok(convert::convert(stored_media_type, content, target));
     }
     let mut children = HashMap::new();
     for child in convert::oci_image_children(content) {
-        let Ok(child_digest) = child.parse::<Digest>() else { continue };
+        let Ok(child_digest) = child.parse::<Digest>() else {
+            continue;
+        };
         let converted = match state.meta.manifest_by_digest(name, &child_digest).await? {
-            Some(stored) => convert::convert(&stored.media_type, &stored.content, media_type::DOCKER_MANIFEST),
+            Some(stored) => convert::convert(
+                &stored.media_type,
+                &stored.content,
+                media_type::DOCKER_MANIFEST,
+            ),
             None => None,
         };
         let entry = match converted {
@@ -113,7 +130,12 @@ async fn store_conversion(
 ) -> Result<Option<(String, u64)>, ApiError> {
     let digest = Digest::sha256_of(bytes);
     let entry = Some((digest.to_string(), bytes.len() as u64));
-    if state.meta.manifest_by_digest(name, &digest).await?.is_some() {
+    if state
+        .meta
+        .manifest_by_digest(name, &digest)
+        .await?
+        .is_some()
+    {
         return Ok(entry);
     }
     let Ok(parsed) = kai_oci::manifest::parse(Some(media_type::DOCKER_MANIFEST), bytes) else {
@@ -158,7 +180,10 @@ pub async fn put(
     let (parts, body) = request.into_parts();
     if let Some(length) = content_length(&parts.headers) {
         if length > limit {
-            return Err(ApiError::ManifestTooLarge { size: length, limit });
+            return Err(ApiError::ManifestTooLarge {
+                size: length,
+                limit,
+            });
         }
     }
     let content = http_body_util::Limited::new(body, limit as usize)
@@ -166,7 +191,10 @@ pub async fn put(
         .await
         .map_err(|error| {
             if error.is::<http_body_util::LengthLimitError>() {
-                ApiError::ManifestTooLarge { size: limit + 1, limit }
+                ApiError::ManifestTooLarge {
+                    size: limit + 1,
+                    limit,
+                }
             } else {
                 ApiError::ManifestInvalid {
                     reason: format!("the request body could not be read: {error}"),
@@ -178,8 +206,10 @@ pub async fn put(
         .headers
         .get("content-type")
         .and_then(|value| value.to_str().ok());
-    let parsed = kai_oci::manifest::parse(content_type, &content).map_err(|error| ApiError::ManifestInvalid {
-        reason: error.to_string(),
+    let parsed = kai_oci::manifest::parse(content_type, &content).map_err(|error| {
+        ApiError::ManifestInvalid {
+            reason: error.to_string(),
+        }
     })?;
 
     let mut tags: Vec<String> = Vec::new();
@@ -202,9 +232,12 @@ pub async fn put(
     // OCI 1.1 lets a client name more tags with `?tag=` on the PUT.
     for (key, value) in query_pairs(parts.uri.query()) {
         if key == "tag" {
-            let tag: Tag = value.parse().map_err(|error: kai_oci::ReferenceError| ApiError::TagInvalid {
-                reason: error.to_string(),
-            })?;
+            let tag: Tag =
+                value
+                    .parse()
+                    .map_err(|error: kai_oci::ReferenceError| ApiError::TagInvalid {
+                        reason: error.to_string(),
+                    })?;
             tags.push(tag.as_str().to_owned());
         }
     }
@@ -233,10 +266,14 @@ pub async fn put(
         .await?;
     match outcome {
         Ok(()) => {}
-        Err(ManifestRejection::BlobUnknown(digest) | ManifestRejection::ManifestUnknown(digest)) => {
-            return Err(ApiError::ManifestBlobUnknown { digest })
-        }
-        Err(ManifestRejection::SizeMismatch { digest, claimed, stored }) => {
+        Err(
+            ManifestRejection::BlobUnknown(digest) | ManifestRejection::ManifestUnknown(digest),
+        ) => return Err(ApiError::ManifestBlobUnknown { digest }),
+        Err(ManifestRejection::SizeMismatch {
+            digest,
+            claimed,
+            stored,
+        }) => {
             return Err(ApiError::ManifestInvalid {
                 reason: format!("{digest} is {stored} bytes, but the manifest says {claimed}"),
             })
@@ -252,7 +289,11 @@ pub async fn put(
     Ok(empty(StatusCode::CREATED, headers))
 }
 
-pub async fn delete(state: &AppState, name: &RepositoryName, reference: &Reference) -> Result<Response, ApiError> {
+pub async fn delete(
+    state: &AppState,
+    name: &RepositoryName,
+    reference: &Reference,
+) -> Result<Response, ApiError> {
     match reference {
         Reference::Tag(tag) => {
             if state.meta.delete_tag(name, tag.as_str()).await? {

@@ -16,28 +16,44 @@ use crate::app::AppState;
 use crate::http::endpoint::Endpoint;
 use crate::http::error::ApiError;
 
-pub async fn handle(state: AppState, endpoint: Endpoint, request: Request<Body>) -> Result<Response, ApiError> {
+pub async fn handle(
+    state: AppState,
+    endpoint: Endpoint,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
     let method = request.method().clone();
     match (endpoint, method.clone()) {
-        (Endpoint::Base, Method::GET | Method::HEAD) => Ok((
-            [("content-type", "application/json")],
-            "{}",
-        )
-            .into_response()),
+        (Endpoint::Base, Method::GET | Method::HEAD) => {
+            Ok(([("content-type", "application/json")], "{}").into_response())
+        }
         (Endpoint::Catalog, Method::GET) => listing::catalog(&state, request.uri().query()).await,
-        (Endpoint::Tags { name }, Method::GET) => listing::tags(&state, &name, request.uri().query()).await,
+        (Endpoint::Tags { name }, Method::GET) => {
+            listing::tags(&state, &name, request.uri().query()).await
+        }
         (Endpoint::Referrers { name, digest }, Method::GET) => {
             listing::referrers(&state, &name, &digest, request.uri().query()).await
         }
         (Endpoint::Blob { name, digest }, Method::GET | Method::HEAD) => {
             blobs::get(&state, &name, &digest, &method, request.headers()).await
         }
-        (Endpoint::Blob { name, digest }, Method::DELETE) => blobs::delete(&state, &name, &digest).await,
-        (Endpoint::UploadStart { name }, Method::POST) => uploads::start(&state, &name, request).await,
-        (Endpoint::Upload { name, upload }, Method::GET) => uploads::status(&state, &name, &upload).await,
-        (Endpoint::Upload { name, upload }, Method::PATCH) => uploads::patch(&state, &name, &upload, request).await,
-        (Endpoint::Upload { name, upload }, Method::PUT) => uploads::finish(&state, &name, &upload, request).await,
-        (Endpoint::Upload { name, upload }, Method::DELETE) => uploads::cancel(&state, &name, &upload).await,
+        (Endpoint::Blob { name, digest }, Method::DELETE) => {
+            blobs::delete(&state, &name, &digest).await
+        }
+        (Endpoint::UploadStart { name }, Method::POST) => {
+            uploads::start(&state, &name, request).await
+        }
+        (Endpoint::Upload { name, upload }, Method::GET) => {
+            uploads::status(&state, &name, &upload).await
+        }
+        (Endpoint::Upload { name, upload }, Method::PATCH) => {
+            uploads::patch(&state, &name, &upload, request).await
+        }
+        (Endpoint::Upload { name, upload }, Method::PUT) => {
+            uploads::finish(&state, &name, &upload, request).await
+        }
+        (Endpoint::Upload { name, upload }, Method::DELETE) => {
+            uploads::cancel(&state, &name, &upload).await
+        }
         (Endpoint::Manifest { name, reference }, Method::GET | Method::HEAD) => {
             manifests::get(&state, &name, &reference, &method, request.headers()).await
         }

@@ -47,7 +47,12 @@ fn upload_location(name: &RepositoryName, upload: &UploadId) -> String {
     format!("/v2/{name}/blobs/uploads/{upload}")
 }
 
-fn upload_response(status: StatusCode, name: &RepositoryName, upload: &UploadId, size: u64) -> Response {
+fn upload_response(
+    status: StatusCode,
+    name: &RepositoryName,
+    upload: &UploadId,
+    size: u64,
+) -> Response {
     empty(
         status,
         vec![
@@ -71,9 +76,10 @@ fn blob_created(name: &RepositoryName, digest: &Digest) -> Response {
 fn digest_parameter(query: Option<&str>) -> Result<Option<Digest>, ApiError> {
     query_value(query, "digest")
         .map(|text| {
-            text.parse().map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
-                reason: error.to_string(),
-            })
+            text.parse()
+                .map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
+                    reason: error.to_string(),
+                })
         })
         .transpose()
 }
@@ -103,7 +109,11 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> {
 }
 
 /// The session of `upload`, which must belong to repository `name`.
-async fn session(state: &AppState, name: &RepositoryName, upload: &UploadId) -> Result<kai_meta::Upload, ApiError> {
+async fn session(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+) -> Result<kai_meta::Upload, ApiError> {
     match state.meta.upload(upload.as_str()).await? {
         Some(session) if session.repository == name.as_str() => Ok(session),
         _ => Err(ApiError::BlobUploadUnknown),
@@ -151,11 +161,18 @@ async fn receive(
     if let Some(expected) = expected {
         if written.bytes != expected {
             return Err(ApiError::SizeInvalid {
-                reason: format!("received {} bytes, but {expected} were announced", written.bytes),
+                reason: format!(
+                    "received {} bytes, but {expected} were announced",
+                    written.bytes
+                ),
             });
         }
     }
-    if !state.meta.advance_upload(upload.as_str(), size, written.size).await? {
+    if !state
+        .meta
+        .advance_upload(upload.as_str(), size, written.size)
+        .await?
+    {
         let current = session(state, name, upload).await?.size;
         return Err(ApiError::ChunkOutOfOrder {
             size: current,
@@ -183,7 +200,10 @@ async fn complete(
         }
         Err(error) => return Err(error.into()),
     }
-    state.meta.finish_upload(upload.as_str(), name, digest, size).await?;
+    state
+        .meta
+        .finish_upload(upload.as_str(), name, digest, size)
+        .await?;
     Ok(blob_created(name, digest))
 }
 
@@ -207,17 +227,26 @@ async fn discard_session(state: &AppState, upload: &UploadId) -> Result<(), ApiE
 
 /// `POST /v2/<name>/blobs/uploads/`: a mount (`?mount=&from=`), a monolithic
 /// upload (`?digest=` with the body), or the start of a session.
-pub async fn start(state: &AppState, name: &RepositoryName, request: Request<Body>) -> Result<Response, ApiError> {
+pub async fn start(
+    state: &AppState,
+    name: &RepositoryName,
+    request: Request<Body>,
+) -> Result<Response, ApiError> {
     let query = request.uri().query().map(str::to_owned);
     let query = query.as_deref();
     if let Some(mount) = query_value(query, "mount") {
-        let digest: Digest = mount.parse().map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
-            reason: error.to_string(),
-        })?;
+        let digest: Digest =
+            mount
+                .parse()
+                .map_err(|error: kai_oci::DigestError| ApiError::DigestInvalid {
+                    reason: error.to_string(),
+                })?;
         if let Some(from) = query_value(query, "from") {
-            let from: RepositoryName = from.parse().map_err(|error: kai_oci::NameError| ApiError::NameInvalid {
-                reason: format!("in from: {error}"),
-            })?;
+            let from: RepositoryName =
+                from.parse()
+                    .map_err(|error: kai_oci::NameError| ApiError::NameInvalid {
+                        reason: format!("in from: {error}"),
+                    })?;
             if state.meta.mount_blob(name, &from, &digest).await?.is_some() {
                 return Ok(blob_created(name, &digest));
             }
@@ -241,9 +270,18 @@ pub async fn start(state: &AppState, name: &RepositoryName, request: Request<Bod
 }
 
 /// `GET /v2/<name>/blobs/uploads/<id>`: how much the registry holds.
-pub async fn status(state: &AppState, name: &RepositoryName, upload: &UploadId) -> Result<Response, ApiError> {
+pub async fn status(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+) -> Result<Response, ApiError> {
     let session = session(state, name, upload).await?;
-    Ok(upload_response(StatusCode::NO_CONTENT, name, upload, session.size))
+    Ok(upload_response(
+        StatusCode::NO_CONTENT,
+        name,
+        upload,
+        session.size,
+    ))
 }
 
 /// `PATCH /v2/<name>/blobs/uploads/<id>`: append a chunk (or stream the rest).
@@ -268,9 +306,10 @@ pub async fn finish(
     upload: &UploadId,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
-    let digest = digest_parameter(request.uri().query())?.ok_or_else(|| ApiError::DigestInvalid {
-        reason: "the digest query parameter is required to finish an upload".into(),
-    })?;
+    let digest =
+        digest_parameter(request.uri().query())?.ok_or_else(|| ApiError::DigestInvalid {
+            reason: "the digest query parameter is required to finish an upload".into(),
+        })?;
     let _guard = state.upload_locks.lock(upload).await;
     let session = session(state, name, upload).await?;
     let (parts, body) = request.into_parts();
@@ -279,7 +318,11 @@ pub async fn finish(
 }
 
 /// `DELETE /v2/<name>/blobs/uploads/<id>`: cancel, dropping the staged data.
-pub async fn cancel(state: &AppState, name: &RepositoryName, upload: &UploadId) -> Result<Response, ApiError> {
+pub async fn cancel(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+) -> Result<Response, ApiError> {
     let _guard = state.upload_locks.lock(upload).await;
     session(state, name, upload).await?;
     discard_session(state, upload).await?;
