@@ -20,7 +20,7 @@ pub enum MetaError {
     Database(#[from] sqlx::Error),
     #[error("metadata database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL {0:?}; use sqlite://PATH")]
+    #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
 }
 
@@ -43,6 +43,7 @@ impl MetaError {
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 fn now() -> i64 {
     SystemTime::now()
@@ -135,13 +136,22 @@ pub struct MetaStore {
 }
 
 impl MetaStore {
-    /// Opens the database at `url` (`sqlite://PATH`), creating it if needed,
-    /// and applies pending migrations.
+    /// Opens the database at `url` (`sqlite://PATH` or `postgres://...`),
+    /// creating a SQLite file if needed, and applies pending migrations.
+    /// PostgreSQL migrations run under an advisory lock, so replicas starting
+    /// together do not race.
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        if !url.starts_with("sqlite:") {
-            return Err(MetaError::UnsupportedUrl(url.to_owned()));
+        if url.starts_with("sqlite:") {
+            Self::open_sqlite(url).await
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Self::open_postgres(url).await
+        } else {
+            Err(MetaError::UnsupportedUrl(redact_url(url)))
         }
+    }
+
+    async fn open_sqlite(url: &str) -> Result<Self> {
         let url = if url.contains('?') {
             url.to_owned()
         } else {
@@ -171,6 +181,20 @@ impl MetaStore {
             .connect_with(options)
             .await?;
         Ok(MetaStore { reader, writer })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Self> {
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        POSTGRES_MIGRATIONS.run(&pool).await?;
+        Ok(MetaStore {
+            reader: pool.clone(),
+            writer: pool,
+        })
     }
 
     /// Checks that the database answers.
@@ -645,6 +669,38 @@ async fn ensure_repository(
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+/// A database URL fit for messages and logs: any password is replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split(':').next().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
+    format!("{scheme}://{user}:***@{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://kai:s3cret@db:5432/kai?sslmode=require&password=x"),
+            "postgres://kai:***@db:5432/kai"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/kai/kai.db"),
+            "sqlite:///var/lib/kai/kai.db"
+        );
+    }
 }
 
 /// Unix seconds now, as the store records times.

@@ -353,121 +353,22 @@ impl BlobStore for FilesystemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::stream;
 
-    fn body(parts: &[&'static [u8]]) -> ByteStream {
-        let parts: Vec<io::Result<Bytes>> = parts
-            .iter()
-            .map(|part| Ok(Bytes::from_static(part)))
-            .collect();
-        stream::iter(parts).boxed()
-    }
-
-    async fn read_all(stream: ByteStream) -> Vec<u8> {
-        let chunks: Vec<Bytes> = stream.map(|chunk| chunk.unwrap()).collect().await;
-        chunks.concat()
+    #[tokio::test]
+    async fn shared_suite() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().to_path_buf();
+        crate::suite::run(move || Box::new(FilesystemStore::open(&path).unwrap())).await;
     }
 
     #[tokio::test]
-    async fn chunked_upload_commits_a_verified_blob() {
+    async fn write_past_the_staged_data_is_refused() {
         let directory = tempfile::tempdir().unwrap();
         let store = FilesystemStore::open(directory.path()).unwrap();
         let upload = UploadId::generate();
         store.start_upload(&upload).await.unwrap();
-        let first = store
-            .write_upload(&upload, 0, body(&[b"hello "]), None)
-            .await
-            .unwrap();
-        assert_eq!(first, Written { bytes: 6, size: 6 });
-        let second = store
-            .write_upload(&upload, 6, body(&[b"wor", b"ld"]), None)
-            .await
-            .unwrap();
-        assert_eq!(second.size, 11);
-        let digest = Digest::sha256_of(b"hello world");
-        store.commit_upload(&upload, 11, &digest).await.unwrap();
-        assert_eq!(store.blob_size(&digest).await.unwrap(), Some(11));
-        let range = ByteRange { start: 6, end: 10 };
-        let read = store
-            .read_blob(&digest, Some(range))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(read_all(read).await, b"world");
-        assert!(store.list_uploads().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn failed_write_is_discarded_and_wrong_digest_stores_nothing() {
-        let directory = tempfile::tempdir().unwrap();
-        let store = FilesystemStore::open(directory.path()).unwrap();
-        let upload = UploadId::generate();
-        store.start_upload(&upload).await.unwrap();
-        store
-            .write_upload(&upload, 0, body(&[b"abc"]), None)
-            .await
-            .unwrap();
-        let broken = stream::iter(vec![
-            Ok(Bytes::from_static(b"garbage")),
-            Err(io::Error::other("connection reset")),
-        ])
-        .boxed();
         let error = store
-            .write_upload(&upload, 3, broken, None)
-            .await
-            .unwrap_err();
-        assert!(matches!(error, StorageError::Body(_)));
-        // A fresh store has no hash progress, so commit re-reads the file.
-        let reopened = FilesystemStore::open(directory.path()).unwrap();
-        reopened
-            .write_upload(&upload, 3, body(&[b"def"]), None)
-            .await
-            .unwrap();
-        let wrong = Digest::sha256_of(b"something else");
-        let error = reopened
-            .commit_upload(&upload, 6, &wrong)
-            .await
-            .unwrap_err();
-        assert!(matches!(error, StorageError::DigestMismatch { .. }));
-        assert_eq!(reopened.blob_size(&wrong).await.unwrap(), None);
-        assert_eq!(
-            reopened
-                .blob_size(&Digest::sha256_of(b"abcdef"))
-                .await
-                .unwrap(),
-            None
-        );
-
-        let upload = UploadId::generate();
-        reopened.start_upload(&upload).await.unwrap();
-        reopened
-            .write_upload(&upload, 0, body(&[b"abcdef"]), None)
-            .await
-            .unwrap();
-        let digest = Digest::sha256_of(b"abcdef");
-        reopened.commit_upload(&upload, 6, &digest).await.unwrap();
-        let read = reopened.read_blob(&digest, None).await.unwrap().unwrap();
-        assert_eq!(read_all(read).await, b"abcdef");
-    }
-
-    #[tokio::test]
-    async fn too_large_and_unknown_uploads() {
-        let directory = tempfile::tempdir().unwrap();
-        let store = FilesystemStore::open(directory.path()).unwrap();
-        let upload = UploadId::generate();
-        let error = store
-            .write_upload(&upload, 0, body(&[b"x"]), None)
-            .await
-            .unwrap_err();
-        assert!(matches!(error, StorageError::UploadUnknown));
-        store.start_upload(&upload).await.unwrap();
-        let error = store
-            .write_upload(&upload, 0, body(&[b"12345"]), Some(4))
-            .await
-            .unwrap_err();
-        assert!(matches!(error, StorageError::TooLarge { limit: 4 }));
-        let error = store
-            .write_upload(&upload, 10, body(&[b"x"]), None)
+            .write_upload(&upload, 10, crate::suite::body(&[b"x"]), None)
             .await
             .unwrap_err();
         assert!(matches!(
@@ -477,9 +378,5 @@ mod tests {
                 actual: 0
             }
         ));
-        assert!("../../etc/passwd".parse::<UploadId>().is_err());
-        assert!("6F9619FF-8B86-D011-B42D-00C04FC964FF"
-            .parse::<UploadId>()
-            .is_err());
     }
 }

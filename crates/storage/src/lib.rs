@@ -9,6 +9,9 @@
 //! same trait and run the same shared test suite.
 
 mod filesystem;
+mod object;
+#[cfg(test)]
+mod suite;
 
 use std::fmt;
 use std::io;
@@ -19,6 +22,7 @@ use futures::stream::BoxStream;
 use kai_oci::Digest;
 
 pub use filesystem::FilesystemStore;
+pub use object::{ObjectBlobStore, S3Settings};
 
 /// A stream of blob bytes, read from storage or received from a client.
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;

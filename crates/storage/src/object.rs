@@ -1,0 +1,426 @@
+//! Blob storage on an object store (S3-compatible services through the
+//! `object_store` crate, or memory for tests).
+//!
+//! Layout under the configured prefix:
+//! - `blobs/<algorithm>/<first two hex digits>/<hex>`: finished blobs.
+//! - `uploads/<upload id>/started`: a marker written when the upload starts.
+//! - `uploads/<upload id>/<offset, 20 digits>`: one object per acknowledged
+//!   write, named by the offset it starts at.
+//!
+//! An object appears only when its upload completes, so a failed write leaves
+//! nothing; a write that completed but was never acknowledged is replaced by
+//! the next write at the same offset. Commit assembles the chain of chunk
+//! objects from offset 0 to the acknowledged size, verifies the digest first,
+//! and only then writes the blob's object.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use kai_oci::{ContentHasher, Digest, DigestAlgorithm};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
+
+use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Written};
+
+/// Multipart part size: S3 needs at least 5 MiB for every part but the last.
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once for one upload.
+const PART_CONCURRENCY: usize = 2;
+
+struct HashProgress {
+    size: u64,
+    hasher: ContentHasher,
+}
+
+pub struct ObjectBlobStore {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    hash_progress: Mutex<HashMap<UploadId, HashProgress>>,
+}
+
+/// Settings for an S3-compatible service. Empty fields fall back to the
+/// standard `AWS_*` environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub allow_http: bool,
+}
+
+fn storage_error(error: object_store::Error) -> StorageError {
+    StorageError::Io(io::Error::other(error))
+}
+
+impl ObjectBlobStore {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        ObjectBlobStore {
+            store,
+            prefix: Path::from(prefix.trim_matches('/')),
+            hash_progress: Mutex::default(),
+        }
+    }
+
+    /// A store in memory, for tests.
+    pub fn in_memory() -> Self {
+        Self::new(Arc::new(object_store::memory::InMemory::new()), "")
+    }
+
+    /// Opens `s3://BUCKET[/PREFIX]`.
+    pub fn s3(url: &str, settings: &S3Settings) -> std::result::Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("storage URL {url:?} does not start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!(
+                "storage URL {url:?} names no bucket; use s3://BUCKET[/PREFIX]"
+            ));
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let from_environment =
+            |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let endpoint = Some(settings.endpoint.clone())
+            .filter(|value| !value.is_empty())
+            .or_else(|| from_environment("AWS_ENDPOINT_URL"));
+        if let Some(endpoint) = endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if !settings.region.is_empty() {
+            builder = builder.with_region(&settings.region);
+        }
+        if !settings.access_key_id.is_empty() {
+            builder = builder.with_access_key_id(&settings.access_key_id);
+        }
+        if !settings.secret_access_key.is_empty() {
+            builder = builder.with_secret_access_key(&settings.secret_access_key);
+        }
+        if settings.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        let store = builder.build().map_err(|error| {
+            format!("cannot configure S3 storage for bucket {bucket:?}: {error}")
+        })?;
+        Ok(Self::new(Arc::new(store), prefix))
+    }
+
+    fn path(&self, relative: &str) -> Path {
+        let mut path = self.prefix.clone();
+        for part in relative.split('/') {
+            path = path.child(part);
+        }
+        path
+    }
+
+    fn blob_path(&self, digest: &Digest) -> Path {
+        let hex = digest.hex();
+        self.path(&format!(
+            "blobs/{}/{}/{hex}",
+            digest.algorithm().as_str(),
+            &hex[..2]
+        ))
+    }
+
+    fn upload_directory(&self, upload: &UploadId) -> Path {
+        self.path(&format!("uploads/{upload}"))
+    }
+
+    fn chunk_path(&self, upload: &UploadId, offset: u64) -> Path {
+        self.path(&format!("uploads/{upload}/{offset:020}"))
+    }
+
+    fn take_progress(&self, upload: &UploadId, size: u64) -> Option<ContentHasher> {
+        let mut progress = self
+            .hash_progress
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        match progress.remove(upload) {
+            Some(entry) if entry.size == size => Some(entry.hasher),
+            _ => None,
+        }
+    }
+
+    /// The chunk objects that form bytes `0..size` of the upload, in order.
+    async fn chunk_chain(&self, upload: &UploadId, size: u64) -> Result<Vec<(Path, u64)>> {
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.upload_directory(upload)))
+            .try_collect()
+            .await
+            .map_err(storage_error)?;
+        if objects.is_empty() {
+            return Err(StorageError::UploadUnknown);
+        }
+        let chunks: BTreeMap<u64, (Path, u64)> = objects
+            .into_iter()
+            .filter_map(|object| {
+                let offset = object.location.filename()?.parse::<u64>().ok()?;
+                Some((offset, (object.location, object.size)))
+            })
+            .collect();
+        let mut chain = Vec::new();
+        let mut position = 0;
+        while position < size {
+            match chunks.get(&position) {
+                Some((path, length)) if *length > 0 && position + length <= size => {
+                    chain.push((path.clone(), *length));
+                    position += length;
+                }
+                _ => {
+                    return Err(StorageError::UploadDataLost {
+                        expected: size,
+                        actual: position,
+                    })
+                }
+            }
+        }
+        Ok(chain)
+    }
+
+    fn chain_stream(&self, chain: Vec<(Path, u64)>) -> ByteStream {
+        let store = self.store.clone();
+        futures::stream::iter(chain)
+            .then(move |(path, _)| {
+                let store = store.clone();
+                async move {
+                    let result = store.get(&path).await.map_err(io::Error::other)?;
+                    Ok::<_, io::Error>(result.into_stream().map_err(io::Error::other))
+                }
+            })
+            .try_flatten()
+            .boxed()
+    }
+
+    async fn delete_prefix(&self, prefix: &Path) -> Result<()> {
+        let locations = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|object| object.location)
+            .boxed();
+        self.store
+            .delete_stream(locations)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(storage_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobStore for ObjectBlobStore {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self.store.head(&self.blob_path(digest)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(storage_error(error)),
+        }
+    }
+
+    async fn read_blob(
+        &self,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<Option<ByteStream>> {
+        let options = GetOptions {
+            range: range.map(|range| GetRange::Bounded(range.start..range.end + 1)),
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(&self.blob_path(digest), options).await {
+            Ok(result) => Ok(Some(result.into_stream().map_err(io::Error::other).boxed())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(storage_error(error)),
+        }
+    }
+
+    async fn delete_blob(&self, digest: &Digest) -> Result<()> {
+        match self.store.delete(&self.blob_path(digest)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(storage_error(error)),
+        }
+    }
+
+    async fn start_upload(&self, upload: &UploadId) -> Result<()> {
+        self.store
+            .put(
+                &self.path(&format!("uploads/{upload}/started")),
+                Vec::new().into(),
+            )
+            .await
+            .map_err(storage_error)?;
+        Ok(())
+    }
+
+    async fn write_upload(
+        &self,
+        upload: &UploadId,
+        offset: u64,
+        mut data: ByteStream,
+        limit: Option<u64>,
+    ) -> Result<Written> {
+        let mut hasher = self.take_progress(upload, offset);
+        let multipart = self
+            .store
+            .put_multipart(&self.chunk_path(upload, offset))
+            .await
+            .map_err(storage_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(multipart, PART_SIZE);
+        let mut written = 0u64;
+        let mut failure = None;
+        while let Some(item) = data.next().await {
+            match item {
+                Ok(chunk) => {
+                    written += chunk.len() as u64;
+                    if limit.is_some_and(|limit| written > limit) {
+                        failure = Some(StorageError::TooLarge {
+                            limit: limit.unwrap_or_default(),
+                        });
+                        break;
+                    }
+                    if let Some(hasher) = hasher.as_mut() {
+                        hasher.update(&chunk);
+                    }
+                    if let Err(error) = writer.wait_for_capacity(PART_CONCURRENCY).await {
+                        failure = Some(storage_error(error));
+                        break;
+                    }
+                    writer.put(chunk);
+                }
+                Err(error) => {
+                    failure = Some(StorageError::Body(error.to_string()));
+                    break;
+                }
+            }
+        }
+        if let Some(failure) = failure {
+            // Nothing becomes visible: the multipart upload is abandoned.
+            let _ = writer.abort().await;
+            return Err(failure);
+        }
+        if written == 0 {
+            let _ = writer.abort().await;
+            return Ok(Written {
+                bytes: 0,
+                size: offset,
+            });
+        }
+        writer.finish().await.map_err(storage_error)?;
+        let size = offset + written;
+        if let Some(hasher) = hasher {
+            let mut progress = self
+                .hash_progress
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            progress.insert(upload.clone(), HashProgress { size, hasher });
+        }
+        Ok(Written {
+            bytes: written,
+            size,
+        })
+    }
+
+    async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()> {
+        let progress = self
+            .take_progress(upload, size)
+            .filter(|_| expected.algorithm() == DigestAlgorithm::Sha256);
+        let chain = self.chunk_chain(upload, size).await?;
+        let actual = match progress {
+            Some(hasher) => hasher.finish(),
+            None => {
+                let mut hasher = ContentHasher::new(expected.algorithm());
+                let mut stream = self.chain_stream(chain.clone());
+                while let Some(chunk) = stream.next().await {
+                    hasher.update(&chunk?);
+                }
+                hasher.finish()
+            }
+        };
+        if &actual != expected {
+            self.cancel_upload(upload).await?;
+            return Err(StorageError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let target = self.blob_path(expected);
+        if self.blob_size(expected).await?.is_none() {
+            match chain.as_slice() {
+                [] => {
+                    self.store
+                        .put(&target, Vec::new().into())
+                        .await
+                        .map_err(storage_error)?;
+                }
+                [(only, _)] => {
+                    self.store
+                        .copy(only, &target)
+                        .await
+                        .map_err(storage_error)?;
+                }
+                _ => {
+                    let multipart = self
+                        .store
+                        .put_multipart(&target)
+                        .await
+                        .map_err(storage_error)?;
+                    let mut writer = WriteMultipart::new_with_chunk_size(multipart, PART_SIZE);
+                    let mut stream = self.chain_stream(chain);
+                    while let Some(chunk) = stream.next().await {
+                        let chunk = match chunk {
+                            Ok(chunk) => chunk,
+                            Err(error) => {
+                                let _ = writer.abort().await;
+                                return Err(error.into());
+                            }
+                        };
+                        writer
+                            .wait_for_capacity(PART_CONCURRENCY)
+                            .await
+                            .map_err(storage_error)?;
+                        writer.put(chunk);
+                    }
+                    writer.finish().await.map_err(storage_error)?;
+                }
+            }
+        }
+        self.cancel_upload(upload).await
+    }
+
+    async fn cancel_upload(&self, upload: &UploadId) -> Result<()> {
+        {
+            let mut progress = self
+                .hash_progress
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            progress.remove(upload);
+        }
+        self.delete_prefix(&self.upload_directory(upload)).await
+    }
+
+    async fn list_uploads(&self) -> Result<Vec<UploadId>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.path("uploads")))
+            .await
+            .map_err(storage_error)?;
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|prefix| prefix.filename()?.parse().ok())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shared_suite() {
+        let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        crate::suite::run(move || Box::new(ObjectBlobStore::new(memory.clone(), "some/prefix")))
+            .await;
+    }
+}
