@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use axum::Router;
 use kai_meta::MetaStore;
-use kai_storage::{BlobStore, FilesystemStore};
+use kai_storage::{BlobStore, FilesystemStore, ObjectBlobStore, S3Settings};
 
 use crate::config::Config;
 use crate::http;
@@ -18,6 +18,8 @@ pub struct AppState {
     pub meta: MetaStore,
     pub blobs: Arc<dyn BlobStore>,
     pub upload_locks: Arc<http::v2::uploads::UploadLocks>,
+    /// Token signing keys, cached from the database.
+    pub keys: Arc<http::auth::KeyCache>,
 }
 
 impl AppState {
@@ -29,8 +31,7 @@ impl AppState {
                 config.data.display()
             )
         })?;
-        let blobs = FilesystemStore::open(&config.data)
-            .with_context(|| format!("cannot open blob storage in {}", config.data.display()))?;
+        let blobs = open_blob_store(&config)?;
         let meta = MetaStore::open(&config.database_url())
             .await
             .with_context(|| {
@@ -42,10 +43,37 @@ impl AppState {
         Ok(AppState {
             config: Arc::new(config),
             meta,
-            blobs: Arc::new(blobs),
+            blobs,
             upload_locks: Arc::default(),
+            keys: Arc::default(),
         })
     }
+}
+
+/// The blob store that `storage` names: `file:///PATH` or `s3://BUCKET[/PREFIX]`.
+fn open_blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
+    let url = config.storage_url();
+    if let Some(path) = url.strip_prefix("file://") {
+        let store = FilesystemStore::open(path).with_context(|| {
+            format!("cannot open blob storage in {path}; check --storage / KAI_STORAGE")
+        })?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("s3://") {
+        let s3 = &config.s3;
+        let environment_allows_http =
+            std::env::var("AWS_ALLOW_HTTP").is_ok_and(|value| value == "true");
+        let settings = S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+            allow_http: s3.allow_http || environment_allows_http,
+        };
+        let store = ObjectBlobStore::s3(&url, &settings).map_err(anyhow::Error::msg)?;
+        return Ok(Arc::new(store));
+    }
+    anyhow::bail!("storage URL {url:?} is not supported; use file:///PATH or s3://BUCKET[/PREFIX]")
 }
 
 /// The HTTP application for `state`.

@@ -1,7 +1,9 @@
 //! Running the registry: logging, the listener, background clean-up and a
 //! graceful shutdown.
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -33,6 +35,12 @@ pub fn init_logging(config: &Config) -> anyhow::Result<()> {
 /// A registry serving on a bound listener, as `serve` runs it and tests use it.
 pub struct RunningServer {
     pub address: SocketAddr,
+    /// `https` when TLS is on (`tls.mode`), else `http`.
+    pub scheme: &'static str,
+    /// The plain-HTTP address that redirects to HTTPS (`tls.redirect_listen`).
+    pub redirect_address: Option<SocketAddr>,
+    /// The TLS state when TLS is on: the served certificate, reloads.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     pub state: AppState,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -43,6 +51,8 @@ impl RunningServer {
     pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let state = AppState::open(config).await?;
         clean_up_at_start(&state).await?;
+        crate::http::auth::bootstrap(&state).await?;
+        let tls = crate::tls::Tls::from_config(&state.config)?.map(Arc::new);
         let listener = TcpListener::bind(state.config.listen).await.with_context(|| {
             format!(
                 "cannot listen on {}; is another registry running there? Choose another with --listen or KAI_LISTEN",
@@ -50,25 +60,74 @@ impl RunningServer {
             )
         })?;
         let address = listener.local_addr()?;
-        let (shutdown, mut signal) = tokio::sync::watch::channel(false);
+        let (shutdown, signal) = tokio::sync::watch::channel(false);
         let router = app::router(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = signal.wait_for(|stop| *stop).await;
+        let mut redirect_address = None;
+        let task = match &tls {
+            None => tokio::spawn(
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped(signal))
+                .into_future(),
+            ),
+            Some(tls) => {
+                let redirect = match state.config.tls.redirect_listen {
+                    Some(redirect_listen) => {
+                        let redirect = TcpListener::bind(redirect_listen).await.with_context(|| {
+                            format!(
+                                "cannot listen on {redirect_listen} for the HTTP-to-HTTPS redirect; \
+                                 choose another with --http-redirect or tls.redirect_listen"
+                            )
+                        })?;
+                        redirect_address = Some(redirect.local_addr()?);
+                        Some(tokio::spawn(
+                            axum::serve(redirect, crate::tls::redirect_router(address.port()))
+                                .with_graceful_shutdown(stopped(shutdown.subscribe()))
+                                .into_future(),
+                        ))
+                    }
+                    None => None,
+                };
+                // tap_io: a listener axum gives the peer address of (ConnectInfo).
+                let listener = axum::serve::ListenerExt::tap_io(
+                    tls.listen(listener, shutdown.subscribe())?,
+                    |_| {},
+                );
+                tokio::spawn(tls.clone().maintain(shutdown.subscribe()));
+                tokio::spawn(async move {
+                    let served = axum::serve(
+                        listener,
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(stopped(signal))
+                    .await;
+                    if let Some(redirect) = redirect {
+                        redirect.await.map_err(std::io::Error::other)??;
+                    }
+                    served
                 })
-                .await
-        });
+            }
+        };
         tokio::spawn(expire_uploads_periodically(
             state.clone(),
             shutdown.subscribe(),
         ));
         Ok(RunningServer {
             address,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            redirect_address,
+            tls,
             state,
             shutdown,
             task,
         })
+    }
+
+    /// `scheme://address`, e.g. `https://127.0.0.1:5000`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.address)
     }
 
     /// Stops accepting connections, lets in-flight requests finish, and closes
@@ -84,11 +143,35 @@ impl RunningServer {
 /// `kai serve`: run until SIGTERM or SIGINT.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let server = RunningServer::start(config).await?;
-    println!("listening on http://{}", server.address);
+    println!("listening on {}", server.url());
+    if let Some(redirect) = server.redirect_address {
+        tracing::info!(address = %redirect, "redirecting plain HTTP to HTTPS");
+    }
+    if server.state.config.tls.mode == crate::config::TlsMode::Auto {
+        let ca = crate::tls::ca_certificate_path(&server.state.config.data);
+        let hostname = server
+            .state
+            .config
+            .tls
+            .hostname
+            .as_deref()
+            .unwrap_or("HOST");
+        tracing::info!(
+            ca = %ca.display(),
+            "clients trust this registry after `kai setup docker --host {hostname}:{port}` \
+             (or podman, system, buildx); `kai ca export` prints the CA",
+            port = server.address.port()
+        );
+    }
     tracing::info!(address = %server.address, data = %server.state.config.data.display(), "registry started");
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
     server.stop().await
+}
+
+/// Resolves once `signal` turns true (or its sender is gone).
+async fn stopped(mut signal: tokio::sync::watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
 }
 
 async fn shutdown_signal() {

@@ -150,6 +150,20 @@ impl Endpoint {
         }
     }
 
+    /// The methods this endpoint answers, for the `Allow` header of a 405.
+    pub fn allowed_methods(&self) -> &'static str {
+        match self {
+            Endpoint::Base
+            | Endpoint::Catalog
+            | Endpoint::Tags { .. }
+            | Endpoint::Referrers { .. } => "GET, HEAD",
+            Endpoint::Blob { .. } => "GET, HEAD, DELETE",
+            Endpoint::UploadStart { .. } => "POST",
+            Endpoint::Upload { .. } => "GET, PATCH, PUT, DELETE",
+            Endpoint::Manifest { .. } => "GET, HEAD, PUT, DELETE",
+        }
+    }
+
     /// What the request does to the repository, by method.
     pub fn action(&self, method: &http::Method) -> Action {
         match (self, method.as_str()) {

@@ -45,12 +45,30 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     #[error("requested access to the resource is denied: {reason}")]
     Denied { reason: String },
+    /// No credentials, bad credentials, or a token without the needed scope:
+    /// 401 with a `WWW-Authenticate` challenge.
+    #[error("{message}")]
+    Unauthorized {
+        challenge: String,
+        message: &'static str,
+    },
+    #[error("too many failed logins; try again in {retry_after} seconds")]
+    TooManyRequests { retry_after: u64 },
+    /// A request to the token endpoint or the REST API that makes no sense.
+    #[error("{reason}")]
+    Invalid { reason: String },
+    /// A REST API resource (account, team, token) that does not exist.
+    #[error("{what} not found")]
+    ResourceUnknown { what: String },
     #[error("{reason}")]
     Conflict { reason: String },
     #[error("the operation is unsupported: {reason}")]
     Unsupported { reason: String },
-    #[error("method {method} is not allowed here")]
-    MethodNotAllowed { method: String },
+    #[error("method {method} is not allowed here; use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        allowed: &'static str,
+    },
     #[error("no such endpoint; the registry API is under /v2/")]
     NotFound,
     #[error("the registry's metadata database is unavailable; try again shortly")]
@@ -84,6 +102,10 @@ impl ApiError {
             ApiError::PaginationInvalid { .. } => "PAGINATION_NUMBER_INVALID",
             ApiError::RangeNotSatisfiable { .. } => "RANGE_INVALID",
             ApiError::Denied { .. } | ApiError::Conflict { .. } => "DENIED",
+            ApiError::Unauthorized { .. } => "UNAUTHORIZED",
+            ApiError::TooManyRequests { .. } => "TOOMANYREQUESTS",
+            ApiError::Invalid { .. } => "INVALID",
+            ApiError::ResourceUnknown { .. } => "NOT_FOUND",
             ApiError::Unsupported { .. }
             | ApiError::MethodNotAllowed { .. }
             | ApiError::NotFound => "UNSUPPORTED",
@@ -98,7 +120,10 @@ impl ApiError {
             | ApiError::BlobUploadUnknown
             | ApiError::ManifestUnknown { .. }
             | ApiError::NameUnknown { .. }
+            | ApiError::ResourceUnknown { .. }
             | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ChunkOutOfOrder { .. } | ApiError::RangeNotSatisfiable { .. } => {
                 StatusCode::RANGE_NOT_SATISFIABLE
             }
@@ -165,6 +190,17 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(_) => {
                 headers.insert("retry-after", HeaderValue::from_static("5"));
+            }
+            ApiError::Unauthorized { challenge, .. } => {
+                if let Ok(value) = HeaderValue::from_str(challenge) {
+                    headers.insert("www-authenticate", value);
+                }
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                headers.insert("retry-after", HeaderValue::from(*retry_after));
+            }
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                headers.insert("allow", HeaderValue::from_static(allowed));
             }
             _ => {}
         }

@@ -1,5 +1,8 @@
-//! HTTP: the OCI Distribution API under `/v2/`, plus health endpoints.
+//! HTTP: the OCI Distribution API under `/v2/` (authorized in `auth`), the
+//! token endpoint `/v2/auth`, the REST API under `/api/v1/`, plus health endpoints.
 
+pub mod api;
+pub mod auth;
 pub mod endpoint;
 pub mod error;
 pub mod v2;
@@ -19,6 +22,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readiness))
+        .route("/v2/auth", get(auth::token).post(auth::oauth_token))
+        .nest("/api/v1", api::router())
         .fallback(dispatch)
         .layer(axum::middleware::from_fn(log_request))
         .with_state(state)
@@ -31,12 +36,22 @@ async fn readiness(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Every `/v2/` request: parse the path, then hand it to the endpoint's handler.
-async fn dispatch(State(state): State<AppState>, request: Request<Body>) -> Response {
+/// Every `/v2/` request: parse the path, authorize the endpoint's action on
+/// its repository, then hand it to the endpoint's handler.
+async fn dispatch(State(state): State<AppState>, mut request: Request<Body>) -> Response {
     let mut response = match Endpoint::parse(request.uri().path()) {
-        Ok(endpoint) => v2::handle(state, endpoint, request)
-            .await
-            .unwrap_or_else(IntoResponse::into_response),
+        Ok(endpoint) => match auth::authorize(&state, &endpoint, &mut request).await {
+            Ok(audit) => {
+                let response = v2::handle(state.clone(), endpoint, request)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response);
+                audit
+                    .record(&state, response.status(), response.headers())
+                    .await;
+                response
+            }
+            Err(error) => error.into_response(),
+        },
         Err(error) => error.into_response(),
     };
     response.headers_mut().insert(

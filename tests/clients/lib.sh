@@ -241,6 +241,15 @@ start_registry() {
     mkdir -p "$dir/data"
     case $REGISTRY in
     kai)
+        if [[ -n ${REGISTRY_USER:-} ]]; then
+            # Authorization is on (Kai's default): the suite's user, made with
+            # the CLI, owns the organisation `clients` that every workflow pushes to.
+            printf '%s\n' "${REGISTRY_PASSWORD:-}" |
+                "$KAI_BIN" user create "$REGISTRY_USER" --password-stdin --data "$dir/data" >&2 || return 1
+            "$KAI_BIN" org create clients --owner "$REGISTRY_USER" --data "$dir/data" >&2 || return 1
+        else
+            export KAI_AUTH__ENABLED=false
+        fi
         "$KAI_BIN" serve --listen 127.0.0.1:0 --data "$dir/data" >"$dir/stdout" 2>"$dir/stderr" &
         registry_pid=$!
         started_pids+=("$registry_pid")

@@ -11,11 +11,14 @@
 #   REGISTRY_COMMAND  with REGISTRY=command: a shell command that serves on a
 #                     127.0.0.1 port and prints `listening on http://ADDR`
 #   REGISTRY_USER, REGISTRY_PASSWORD
-#                     credentials, once the registry wants them: handed to
-#                     docker (config.json), buildah/skopeo (REGISTRY_AUTH_FILE)
-#                     and registry_http.py (Basic or Bearer challenge)
+#                     credentials: handed to docker (config.json, and `docker
+#                     login`), buildah/skopeo (REGISTRY_AUTH_FILE) and
+#                     registry_http.py (Basic or Bearer challenge). For Kai they
+#                     default to a user `ci` with a fresh password, created with
+#                     `kai user create` before the start (authorization on)
+#   AUTH=off          Kai without credentials and with authorization off
 #   WORKFLOWS         which workflows to run, in order (default: all of
-#                     docker buildah skopeo umoci buildkit referrers old-client)
+#                     docker buildah skopeo umoci buildkit referrers old-client auth tls)
 #   DOCKER            the docker CLI (default: docker on PATH)
 #   KEEP_WORK=1       keep the scratch directory (it is kept anyway on failure)
 #
@@ -43,7 +46,7 @@ export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 REGISTRY=${REGISTRY:-kai}
 DOCKER=${DOCKER:-docker}
-WORKFLOWS=${WORKFLOWS:-docker buildah skopeo umoci buildkit referrers old-client}
+WORKFLOWS=${WORKFLOWS:-docker buildah skopeo umoci buildkit referrers old-client auth tls}
 # Makes each run's file contents unique, so a stale image cannot pass for a pulled one.
 RUN_ID="$(date +%s)-$$"
 export RUN_ID
@@ -98,6 +101,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Kai runs with authorization on: a user made with `kai user create`, with a
+# fresh password, unless REGISTRY_USER is given (AUTH=off: no credentials,
+# authorization off).
+if [[ $REGISTRY == kai && -z ${REGISTRY_USER:-} && ${AUTH:-on} != off ]]; then
+    REGISTRY_USER=ci
+    REGISTRY_PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+fi
+
 if [[ -n ${REGISTRY_USER:-} ]]; then
     auth=$(printf '%s:%s' "$REGISTRY_USER" "${REGISTRY_PASSWORD:-}" | base64 -w0)
     # Written once the address is known, below.
@@ -147,6 +158,8 @@ for name in $WORKFLOWS; do
     buildkit) workflow_buildkit ;;
     referrers) workflow_referrers ;;
     old-client) workflow_old_client ;;
+    auth) workflow_auth ;;
+    tls) workflow_tls ;;
     *)
         echo "unknown workflow '$name'" >&2
         failed=$((failed + 1))

@@ -202,7 +202,7 @@ async fn cancelled_upload_is_gone() {
     let status = registry.get(&location).await;
     assert_eq!(status.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(status).await, "BLOB_UPLOAD_UNKNOWN");
-    assert_eq!(count_files(&registry.data.join("uploads")), 0);
+    assert_eq!(registry.staged_uploads().await, 0);
     registry.stop().await;
 }
 

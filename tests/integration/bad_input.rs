@@ -201,7 +201,7 @@ struct Snapshot {
 async fn snapshot(registry: &TestRegistry) -> Snapshot {
     Snapshot {
         stored: registry.stored().await,
-        staged_files: crate::common::count_files(&registry.data.join("uploads")),
+        staged_files: registry.staged_uploads().await,
     }
 }
 
@@ -1489,8 +1489,17 @@ async fn send_and_reset(
         .write_all(&request_bytes(&host, method, path, &headers, sent))
         .await
         .expect("request written");
-    // Give the server time to start reading the body, then reset.
+    // Give the server time to start reading the body, then reset: a zero
+    // linger makes the close send RST at once, so the drop does not block.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    reset(stream);
+}
+
+#[expect(
+    deprecated,
+    reason = "SO_LINGER blocks on drop only with a non-zero timeout; zero resets at once"
+)]
+fn reset(stream: TcpStream) {
     stream.set_linger(Some(Duration::ZERO)).unwrap();
     drop(stream);
 }

@@ -1,8 +1,6 @@
 //! A registry started in-process on `127.0.0.1:0`, and helpers that speak the
 //! distribution API with reqwest.
 
-use std::path::PathBuf;
-
 use kai::config::Config;
 use kai::server::RunningServer;
 use reqwest::{Method, Response, StatusCode};
@@ -25,7 +23,6 @@ pub fn sha256(bytes: &[u8]) -> String {
 pub struct TestRegistry {
     pub base: String,
     pub client: reqwest::Client,
-    pub data: PathBuf,
     server: Option<RunningServer>,
     _directory: Option<tempfile::TempDir>,
 }
@@ -44,15 +41,32 @@ impl TestRegistry {
             data: directory.path().to_path_buf(),
             ..Config::default()
         };
+        // These tests speak the API without credentials; tests/integration/auth.rs
+        // turns authorization back on.
+        config.auth.enabled = false;
+        use_test_backends(&mut config).await;
         change(&mut config);
-        let data = config.data.clone();
+
         let server = RunningServer::start(config).await.expect("registry starts");
         TestRegistry {
             base: format!("http://{}", server.address),
             client: reqwest::Client::new(),
-            data,
             server: Some(server),
             _directory: Some(directory),
+        }
+    }
+
+    /// Starts another server on this registry's database and storage, as a
+    /// second replica behind a load balancer would run.
+    pub async fn start_replica(&self) -> TestRegistry {
+        let mut config = (*self.state().config).clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        let server = RunningServer::start(config).await.expect("replica starts");
+        TestRegistry {
+            base: format!("http://{}", server.address),
+            client: reqwest::Client::new(),
+            server: Some(server),
+            _directory: None,
         }
     }
 
@@ -135,12 +149,27 @@ impl TestRegistry {
         (manifest, digest)
     }
 
-    /// Counts what the registry stores: manifests, tags, blob links, blob
-    /// files and uploads, for "nothing changed" checks.
+    /// The running server's state: its blob store and metadata.
+    pub fn state(&self) -> &kai::app::AppState {
+        &self.server.as_ref().expect("registry is running").state
+    }
+
+    /// Uploads with staged data in the blob store.
+    pub async fn staged_uploads(&self) -> u64 {
+        self.state()
+            .blobs
+            .list_uploads()
+            .await
+            .expect("uploads list")
+            .len() as u64
+    }
+
+    /// Counts what the registry stores: manifests, tags, blob links, stored
+    /// blobs and uploads, for "nothing changed" checks. Works on every backend.
     pub async fn stored(&self) -> Stored {
         use sqlx::Connection;
-        let url = format!("sqlite://{}?mode=ro", self.data.join("kai.db").display());
-        let mut connection = sqlx::SqliteConnection::connect(&url)
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.state().config.database_url())
             .await
             .expect("database opens");
         let mut count = async |table: &str| -> u64 {
@@ -155,8 +184,53 @@ impl TestRegistry {
             tags: count("tags").await,
             blob_links: count("repository_blobs").await,
             uploads: count("uploads").await,
-            blob_files: count_files(&self.data.join("blobs")),
+            blob_files: self
+                .state()
+                .blobs
+                .list_blobs()
+                .await
+                .expect("blob list")
+                .len() as u64,
         }
+    }
+}
+
+/// Whether the scale-out backends (PostgreSQL and S3) are configured. Without
+/// them, tests that need them print why they skip; under CI they must be there.
+pub fn scale_out_backends() -> bool {
+    let present =
+        std::env::var("KAI_TEST_POSTGRES").is_ok() && std::env::var("KAI_TEST_S3_BUCKET").is_ok();
+    if !present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but KAI_TEST_POSTGRES / KAI_TEST_S3_BUCKET are not set: run the tests through scripts/test"
+        );
+        eprintln!("skipped: needs PostgreSQL and S3 (scripts/test starts them; or source scripts/backends.sh and run backends_start)");
+    }
+    present
+}
+
+/// With `KAI_TEST_POSTGRES` (a server URL without a database, e.g.
+/// `postgres://kai@127.0.0.1:55432`), each registry gets a fresh PostgreSQL
+/// database; with `KAI_TEST_S3_BUCKET` (and the `AWS_*` variables), a fresh
+/// prefix in that bucket. Without them: SQLite and files in the data directory.
+async fn use_test_backends(config: &mut Config) {
+    let unique = format!("kai_test_{}", uuid::Uuid::new_v4().simple());
+    if let Ok(server) = std::env::var("KAI_TEST_POSTGRES") {
+        use sqlx::{Connection, Executor};
+        sqlx::any::install_default_drivers();
+        let server = server.trim_end_matches('/');
+        let mut connection = sqlx::AnyConnection::connect(&format!("{server}/postgres"))
+            .await
+            .expect("the test PostgreSQL server answers");
+        connection
+            .execute(format!("CREATE DATABASE {unique}").as_str())
+            .await
+            .expect("test database created");
+        config.database = format!("{server}/{unique}");
+    }
+    if let Ok(bucket) = std::env::var("KAI_TEST_S3_BUCKET") {
+        config.storage = format!("s3://{bucket}/{unique}");
     }
 }
 
@@ -167,22 +241,6 @@ pub struct Stored {
     pub blob_links: u64,
     pub uploads: u64,
     pub blob_files: u64,
-}
-
-pub fn count_files(directory: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| {
-            if entry.file_type().map(|kind| kind.is_dir()).unwrap_or(false) {
-                count_files(&entry.path())
-            } else {
-                1
-            }
-        })
-        .sum()
 }
 
 /// An OCI image manifest with the given config and layers.

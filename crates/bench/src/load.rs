@@ -199,3 +199,104 @@ fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A canned registry that answers every request with the manifest, to
+    /// check the worker's checks and see what the generator alone can do.
+    async fn canned(manifest: Arc<Manifest>, digest_override: Option<&'static str>) -> Url {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let manifest = manifest.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 8192];
+                    let mut filled = 0;
+                    loop {
+                        let Ok(read) = stream.read(&mut buffer[filled..]).await else {
+                            return;
+                        };
+                        if read == 0 {
+                            return;
+                        }
+                        filled += read;
+                        while let Some(end) =
+                            buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n")
+                        {
+                            let head = buffer[..end].starts_with(b"HEAD");
+                            let digest = digest_override.unwrap_or(&manifest.digest);
+                            let mut response = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nDocker-Content-Digest: {digest}\r\n\r\n",
+                                manifest.media_type,
+                                manifest.bytes.len()
+                            )
+                            .into_bytes();
+                            if !head {
+                                response.extend_from_slice(&manifest.bytes);
+                            }
+                            if stream.write_all(&response).await.is_err() {
+                                return;
+                            }
+                            buffer.copy_within(end + 4..filled, 0);
+                            filled -= end + 4;
+                        }
+                    }
+                });
+            }
+        });
+        Url::parse(&format!("http://{address}/")).unwrap()
+    }
+
+    fn sizes(seconds: f64) -> Sizes {
+        Sizes {
+            load_seconds: seconds,
+            warmup_seconds: 0.1,
+            ..Sizes::smoke()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loads_and_checks_each_response() {
+        let manifest = Arc::new(Manifest::new(
+            serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::OCI_MANIFEST}),
+        ));
+        let base = canned(manifest.clone(), None).await;
+        let before = crate::server::process_usage(std::process::id()).unwrap();
+        for method in [Method::GET, Method::HEAD] {
+            let (rate, latencies) = manifest_load(
+                &base,
+                "a/b",
+                "latest",
+                manifest.clone(),
+                method.clone(),
+                &sizes(1.0),
+            )
+            .await
+            .unwrap();
+            eprintln!(
+                "{method} against a canned server in the same process: {rate:.0} req/s, {} samples",
+                latencies.len()
+            );
+            assert!(rate > 100.0);
+        }
+        let after = crate::server::process_usage(std::process::id()).unwrap();
+        eprintln!(
+            "process CPU for both runs: {:.2} s",
+            after.cpu_seconds - before.cpu_seconds
+        );
+
+        let wrong = canned(manifest.clone(), Some("sha256:0000")).await;
+        let error = manifest_load(&wrong, "a/b", "latest", manifest, Method::GET, &sizes(0.2))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("expected Docker-Content-Digest"),
+            "{error:#}"
+        );
+    }
+}

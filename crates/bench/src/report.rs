@@ -409,8 +409,10 @@ impl Results {
                 met,
             ]);
         }
-        out.push_str(&table(&rows));
-        out.push_str("ratio = candidate/reference: above 1 is faster for rates, below 1 is faster (or smaller) for times and memory.\n");
+        if rows.len() > 1 {
+            out.push_str(&table(&rows));
+            out.push_str("ratio = candidate/reference: above 1 is faster for rates, below 1 is faster (or smaller) for times and memory.\n");
+        }
 
         if !self.big_blob.is_empty() {
             out.push_str("\nlarge blob check (one monolithic streamed push):\n");
@@ -447,7 +449,6 @@ impl Results {
             out.push_str(&table(&rows));
         }
 
-        out.push_str("\nper scenario, median over rounds: wall time, server CPU, server peak RSS, benchmark client CPU\n");
         let mut rows = vec![vec![
             "scenario".to_string(),
             "server".into(),
@@ -485,7 +486,10 @@ impl Results {
                 ]);
             }
         }
-        out.push_str(&table(&rows));
+        if rows.len() > 1 {
+            out.push_str("\nper scenario, median over rounds: wall time, server CPU, server peak RSS, benchmark client CPU\n");
+            out.push_str(&table(&rows));
+        }
 
         if !self.notes.is_empty() {
             out.push_str("\nnotes:\n");

@@ -441,7 +441,7 @@ impl Target {
         let done = std::sync::atomic::AtomicUsize::new(0);
         let progress = |what: &str| {
             let count = done.fetch_add(1, Ordering::Relaxed) + 1;
-            if entries >= 10_000 && count % (entries / 10) == 0 {
+            if entries >= 10_000 && count * 10 / entries != (count - 1) * 10 / entries {
                 eprintln!("    {label}: {count} of {entries} {what}");
             }
         };

@@ -51,6 +51,8 @@ impl Server {
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(&data)
+            // The benchmark compares protocol work, not logins: authorization off.
+            .env("KAI_AUTH__ENABLED", "false")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log)?)

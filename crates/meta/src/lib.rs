@@ -7,6 +7,8 @@
 //! Writes that must stay consistent (a manifest with its references and tags)
 //! run in one transaction, so a crash leaves either all of it or none.
 
+pub mod accounts;
+
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -352,6 +354,47 @@ impl MetaStore {
         Ok(row.map(stored_manifest))
     }
 
+    /// A stored conversion of a manifest, by the conversion's digest.
+    pub async fn conversion(
+        &self,
+        repository: &RepositoryName,
+        digest: &str,
+    ) -> Result<Option<StoredManifest>> {
+        let row = sqlx::query(
+            "SELECT digest, media_type, content FROM manifest_conversions WHERE repository = $1 AND digest = $2",
+        )
+        .bind(repository.as_str())
+        .bind(digest)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(stored_manifest))
+    }
+
+    /// Stores a conversion of manifest `source` (a client was given its
+    /// digest), unless the source is gone or the conversion is stored already.
+    pub async fn store_conversion(
+        &self,
+        repository: &RepositoryName,
+        source: &str,
+        conversion: &StoredManifest,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO manifest_conversions (repository, digest, source_digest, media_type, content, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS \
+             (SELECT 1 FROM manifests WHERE repository = $1 AND digest = $3) \
+             ON CONFLICT (repository, digest) DO NOTHING",
+        )
+        .bind(repository.as_str())
+        .bind(&conversion.digest)
+        .bind(source)
+        .bind(&conversion.media_type)
+        .bind(conversion.content.as_slice())
+        .bind(now())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     pub async fn manifest_by_tag(
         &self,
         repository: &RepositoryName,
@@ -505,6 +548,7 @@ impl MetaStore {
             return Ok(DeleteOutcome::ReferencedBy(row.get(0)));
         }
         for statement in [
+            "DELETE FROM manifest_conversions WHERE repository = $1 AND source_digest = $2",
             "DELETE FROM tags WHERE repository = $1 AND digest = $2",
             "DELETE FROM manifest_references WHERE repository = $1 AND parent = $2",
             "DELETE FROM manifests WHERE repository = $1 AND digest = $2",

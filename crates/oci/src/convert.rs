@@ -214,6 +214,7 @@ pub fn docker_list_from_index(
         return None;
     }
     let entries = object.get_mut("manifests")?.as_array_mut()?;
+    let had_entries = !entries.is_empty();
     let mut converted = Vec::with_capacity(entries.len());
     for mut entry in entries.drain(..) {
         let media_type = entry
@@ -238,7 +239,7 @@ pub fn docker_list_from_index(
             _ => {}
         }
     }
-    if converted.is_empty() && !entries.is_empty() {
+    if converted.is_empty() && had_entries {
         // Nothing an old client could follow (a BuildKit cache index, say).
         return None;
     }

@@ -334,6 +334,30 @@ impl BlobStore for FilesystemStore {
         }
     }
 
+    async fn list_blobs(&self) -> Result<Vec<Digest>> {
+        let root = self.root.join("blobs");
+        tokio::task::spawn_blocking(move || -> io::Result<Vec<Digest>> {
+            let mut digests = Vec::new();
+            for algorithm in fs::read_dir(&root)? {
+                let algorithm = algorithm?;
+                let algorithm_name = algorithm.file_name().to_string_lossy().into_owned();
+                for shard in fs::read_dir(algorithm.path())? {
+                    for blob in fs::read_dir(shard?.path())? {
+                        let name = blob?.file_name().to_string_lossy().into_owned();
+                        if let Ok(digest) = format!("{algorithm_name}:{name}").parse() {
+                            digests.push(digest);
+                        }
+                    }
+                }
+            }
+            digests.sort();
+            Ok(digests)
+        })
+        .await
+        .map_err(io::Error::other)?
+        .map_err(StorageError::from)
+    }
+
     async fn list_uploads(&self) -> Result<Vec<UploadId>> {
         let mut uploads = Vec::new();
         let mut entries = tokio::fs::read_dir(self.root.join("uploads")).await?;

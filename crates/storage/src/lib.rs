@@ -146,6 +146,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes an upload's staged data. Removing unknown uploads is not an error.
     async fn cancel_upload(&self, upload: &UploadId) -> Result<()>;
 
+    /// Every stored blob, for garbage collection and checks.
+    async fn list_blobs(&self) -> Result<Vec<Digest>>;
+
     /// Every upload that has staged data, for clean-up at start.
     async fn list_uploads(&self) -> Result<Vec<UploadId>>;
 }

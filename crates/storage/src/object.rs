@@ -399,6 +399,27 @@ impl BlobStore for ObjectBlobStore {
         self.delete_prefix(&self.upload_directory(upload)).await
     }
 
+    async fn list_blobs(&self) -> Result<Vec<Digest>> {
+        let objects: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.path("blobs")))
+            .try_collect()
+            .await
+            .map_err(storage_error)?;
+        let mut digests: Vec<Digest> = objects
+            .iter()
+            .filter_map(|object| {
+                let parts: Vec<&str> = object.location.as_ref().rsplitn(3, '/').collect();
+                // The last three components are <algorithm>/<shard>/<hex>.
+                let hex = parts.first()?;
+                let algorithm = parts.get(2)?.rsplit('/').next()?;
+                format!("{algorithm}:{hex}").parse().ok()
+            })
+            .collect();
+        digests.sort();
+        Ok(digests)
+    }
+
     async fn list_uploads(&self) -> Result<Vec<UploadId>> {
         let listing = self
             .store

@@ -55,7 +55,9 @@ async fn chunked_upload_commits_a_verified_blob(store: Box<dyn BlobStore>) {
     let whole = store.read_blob(&digest, None).await.unwrap().unwrap();
     assert_eq!(read_all(whole).await, b"hello world");
     assert!(store.list_uploads().await.unwrap().is_empty());
+    assert_eq!(store.list_blobs().await.unwrap(), vec![digest.clone()]);
     store.delete_blob(&digest).await.unwrap();
+    assert!(store.list_blobs().await.unwrap().is_empty());
     assert_eq!(store.blob_size(&digest).await.unwrap(), None);
     assert!(store.read_blob(&digest, None).await.unwrap().is_none());
 }

@@ -89,12 +89,27 @@ pub async fn tags(
     ))
 }
 
-pub async fn catalog(state: &AppState, query: Option<&str>) -> Result<Response, ApiError> {
+/// `_catalog`: every repository, or only those `viewer` may see.
+pub async fn catalog(
+    state: &AppState,
+    query: Option<&str>,
+    viewer: Option<&kai_meta::accounts::Viewer>,
+) -> Result<Response, ApiError> {
     let page = page(state, query)?;
-    let names = state
-        .meta
-        .repositories(page.last.as_deref(), page.limit + 1)
-        .await?;
+    let names = match viewer {
+        None => {
+            state
+                .meta
+                .repositories(page.last.as_deref(), page.limit + 1)
+                .await?
+        }
+        Some(viewer) => {
+            state
+                .meta
+                .visible_repositories(viewer, page.last.as_deref(), page.limit + 1)
+                .await?
+        }
+    };
     Ok(paged_response(
         "/v2/_catalog",
         &page,
@@ -109,7 +124,11 @@ pub async fn referrers(
     subject: &Digest,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let artifact_type = query_value(query, "artifactType").filter(|value| !value.is_empty());
+    // A media type never holds a space, so a literal `+` (as in
+    // `application/spdx+json`, which some clients send unencoded) is a plus.
+    let query = query.map(|query| query.replace('+', "%2B"));
+    let artifact_type =
+        query_value(query.as_deref(), "artifactType").filter(|value| !value.is_empty());
     let referrers = state
         .meta
         .referrers(name, subject, artifact_type.as_deref())

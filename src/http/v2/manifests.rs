@@ -29,7 +29,11 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let stored = match reference {
         Reference::Tag(tag) => state.meta.manifest_by_tag(name, tag.as_str()).await?,
-        Reference::Digest(digest) => state.meta.manifest_by_digest(name, digest).await?,
+        Reference::Digest(digest) => match state.meta.manifest_by_digest(name, digest).await? {
+            Some(stored) => Some(stored),
+            // A conversion a client was given by tag is pullable by its digest.
+            None => state.meta.conversion(name, &digest.to_string()).await?,
+        },
     }
     .ok_or_else(|| manifest_unknown(reference))?;
     let StoredManifest {
@@ -49,7 +53,7 @@ pub async fn get(
             );
             let converted = match convert::negotiate(&media_type, &accepted) {
                 Negotiated::Convert(target) => {
-                    convert_for_client(state, name, &media_type, &content, target)
+                    convert_for_client(state, name, &digest, &media_type, &content, target)
                         .await?
                         .map(|converted| (target, converted))
                 }
@@ -80,84 +84,83 @@ pub async fn get(
 }
 
 /// Converts a manifest for a client that does not accept its stored type, or
-/// returns `None` when no faithful conversion exists.
+/// returns `None` when no faithful conversion exists. The conversion is stored
+/// (apart from pushed manifests, holding no references) so that the digest the
+/// client is given can be pulled by digest.
 ///
 /// An OCI index becomes a Docker manifest list whose entries are Docker
 /// manifests too, so an old client can follow them by digest: each child is
-/// converted and the conversion stored in the repository (once), as an untagged
-/// manifest with the same blobs. Children with no Docker form (attestations)
-/// are left out of the list.
+/// converted and stored the same way. Children with no Docker form
+/// (attestations) are left out of the list.
 async fn convert_for_client(
     state: &AppState,
     name: &RepositoryName,
+    source_digest: &str,
     stored_media_type: &str,
     content: &[u8],
     target: &str,
 ) -> Result<Option<Vec<u8>>, ApiError> {
-    if !(stored_media_type == media_type::OCI_IMAGE_INDEX
-        && target == media_type::DOCKER_MANIFEST_LIST)
+    let converted = if stored_media_type == media_type::OCI_IMAGE_INDEX
+        && target == media_type::DOCKER_MANIFEST_LIST
     {
-        return Ok(convert::convert(stored_media_type, content, target));
-    }
-    let mut children = HashMap::new();
-    for child in convert::oci_image_children(content) {
-        let Ok(child_digest) = child.parse::<Digest>() else {
-            continue;
-        };
-        let converted = match state.meta.manifest_by_digest(name, &child_digest).await? {
-            Some(stored) => convert::convert(
-                &stored.media_type,
-                &stored.content,
-                media_type::DOCKER_MANIFEST,
-            ),
-            None => None,
-        };
-        let entry = match converted {
-            Some(bytes) => store_conversion(state, name, &bytes).await?,
-            None => None,
-        };
-        children.insert(child, entry);
-    }
-    Ok(convert::docker_list_from_index(content, &children))
+        let mut children = HashMap::new();
+        for child in convert::oci_image_children(content) {
+            let Ok(child_digest) = child.parse::<Digest>() else {
+                continue;
+            };
+            let converted = match state.meta.manifest_by_digest(name, &child_digest).await? {
+                Some(stored) => convert::convert(
+                    &stored.media_type,
+                    &stored.content,
+                    media_type::DOCKER_MANIFEST,
+                ),
+                None => None,
+            };
+            let entry = match converted {
+                Some(bytes) => {
+                    let size = bytes.len() as u64;
+                    let digest =
+                        store_conversion(state, name, &child, media_type::DOCKER_MANIFEST, bytes)
+                            .await?;
+                    Some((digest, size))
+                }
+                None => None,
+            };
+            children.insert(child, entry);
+        }
+        convert::docker_list_from_index(content, &children)
+    } else {
+        convert::convert(stored_media_type, content, target)
+    };
+    let Some(converted) = converted else {
+        return Ok(None);
+    };
+    store_conversion(state, name, source_digest, target, converted.clone()).await?;
+    Ok(Some(converted))
 }
 
-/// Stores a converted Docker manifest unless it is stored already. Returns its
-/// digest and size, or `None` if it cannot be stored.
+/// Stores a conversion of manifest `source` unless it is stored already, and
+/// returns its digest.
 async fn store_conversion(
     state: &AppState,
     name: &RepositoryName,
-    bytes: &[u8],
-) -> Result<Option<(String, u64)>, ApiError> {
-    let digest = Digest::sha256_of(bytes);
-    let entry = Some((digest.to_string(), bytes.len() as u64));
-    if state
-        .meta
-        .manifest_by_digest(name, &digest)
-        .await?
-        .is_some()
-    {
-        return Ok(entry);
-    }
-    let Ok(parsed) = kai_oci::manifest::parse(Some(media_type::DOCKER_MANIFEST), bytes) else {
-        return Ok(None);
-    };
-    let blobs = references(&parsed.blobs);
-    let stored = state
-        .meta
-        .put_manifest(NewManifest {
-            repository: name,
-            digest: &digest,
-            media_type: &parsed.media_type,
+    source: &str,
+    media_type: &str,
+    bytes: Vec<u8>,
+) -> Result<String, ApiError> {
+    let digest = Digest::sha256_of(&bytes).to_string();
+    if state.meta.conversion(name, &digest).await?.is_none() {
+        let conversion = StoredManifest {
+            digest: digest.clone(),
+            media_type: media_type.to_owned(),
             content: bytes,
-            artifact_type: None,
-            subject: None,
-            annotations: None,
-            blobs: &blobs,
-            manifests: &[],
-            tags: &[],
-        })
-        .await?;
-    Ok(stored.ok().and(entry))
+        };
+        state
+            .meta
+            .store_conversion(name, source, &conversion)
+            .await?;
+    }
+    Ok(digest)
 }
 
 fn references(descriptors: &[kai_oci::Descriptor]) -> Vec<ContentReference> {

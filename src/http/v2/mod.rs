@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use kai_storage::ByteStream;
 
 use crate::app::AppState;
+use crate::http::auth::RequestAuth;
 use crate::http::endpoint::Endpoint;
 use crate::http::error::ApiError;
 
@@ -22,15 +23,27 @@ pub async fn handle(
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
     let method = request.method().clone();
+    let allowed = endpoint.allowed_methods();
+    // Who is asking, as `http::auth::authorize` found (unchecked when the
+    // handler is called without it).
+    let auth = request
+        .extensions()
+        .get::<RequestAuth>()
+        .cloned()
+        .unwrap_or_else(RequestAuth::unchecked);
+    // HEAD is answered wherever GET is.
     match (endpoint, method.clone()) {
         (Endpoint::Base, Method::GET | Method::HEAD) => {
             Ok(([("content-type", "application/json")], "{}").into_response())
         }
-        (Endpoint::Catalog, Method::GET) => listing::catalog(&state, request.uri().query()).await,
-        (Endpoint::Tags { name }, Method::GET) => {
+        (Endpoint::Catalog, Method::GET | Method::HEAD) => {
+            let viewer = crate::http::auth::catalog_viewer(&state, &auth).await?;
+            listing::catalog(&state, request.uri().query(), viewer.as_ref()).await
+        }
+        (Endpoint::Tags { name }, Method::GET | Method::HEAD) => {
             listing::tags(&state, &name, request.uri().query()).await
         }
-        (Endpoint::Referrers { name, digest }, Method::GET) => {
+        (Endpoint::Referrers { name, digest }, Method::GET | Method::HEAD) => {
             listing::referrers(&state, &name, &digest, request.uri().query()).await
         }
         (Endpoint::Blob { name, digest }, Method::GET | Method::HEAD) => {
@@ -40,19 +53,19 @@ pub async fn handle(
             blobs::delete(&state, &name, &digest).await
         }
         (Endpoint::UploadStart { name }, Method::POST) => {
-            uploads::start(&state, &name, request).await
+            uploads::start(&state, &name, &auth, request).await
         }
         (Endpoint::Upload { name, upload }, Method::GET) => {
-            uploads::status(&state, &name, &upload).await
+            uploads::status(&state, &name, &upload, &auth).await
         }
         (Endpoint::Upload { name, upload }, Method::PATCH) => {
-            uploads::patch(&state, &name, &upload, request).await
+            uploads::patch(&state, &name, &upload, &auth, request).await
         }
         (Endpoint::Upload { name, upload }, Method::PUT) => {
-            uploads::finish(&state, &name, &upload, request).await
+            uploads::finish(&state, &name, &upload, &auth, request).await
         }
         (Endpoint::Upload { name, upload }, Method::DELETE) => {
-            uploads::cancel(&state, &name, &upload).await
+            uploads::cancel(&state, &name, &upload, &auth).await
         }
         (Endpoint::Manifest { name, reference }, Method::GET | Method::HEAD) => {
             manifests::get(&state, &name, &reference, &method, request.headers()).await
@@ -65,6 +78,7 @@ pub async fn handle(
         }
         (_, method) => Err(ApiError::MethodNotAllowed {
             method: method.to_string(),
+            allowed,
         }),
     }
 }

@@ -16,6 +16,7 @@ use kai_storage::{StorageError, UploadId};
 
 use super::{body_stream, content_length, empty, header, query_value};
 use crate::app::AppState;
+use crate::http::auth::RequestAuth;
 use crate::http::error::{range_header, ApiError};
 
 /// Serialises requests to the same upload within this process, so two chunks
@@ -108,14 +109,21 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, ApiError> {
     Ok(Some((start, end)))
 }
 
-/// The session of `upload`, which must belong to repository `name`.
+/// The session of `upload`, which must belong to repository `name` and to
+/// the account asking (another account's session is unknown to it).
 async fn session(
     state: &AppState,
     name: &RepositoryName,
     upload: &UploadId,
+    auth: &RequestAuth,
 ) -> Result<kai_meta::Upload, ApiError> {
-    match state.meta.upload(upload.as_str()).await? {
-        Some(session) if session.repository == name.as_str() => Ok(session),
+    match state.meta.owned_upload(upload.as_str()).await? {
+        Some((session, owner))
+            if session.repository == name.as_str()
+                && (owner.is_none() || owner.as_deref() == auth.account()) =>
+        {
+            Ok(session)
+        }
         _ => Err(ApiError::BlobUploadUnknown),
     }
 }
@@ -126,6 +134,7 @@ async fn receive(
     state: &AppState,
     name: &RepositoryName,
     upload: &UploadId,
+    auth: &RequestAuth,
     size: u64,
     headers: &HeaderMap,
     body: Body,
@@ -173,7 +182,7 @@ async fn receive(
         .advance_upload(upload.as_str(), size, written.size)
         .await?
     {
-        let current = session(state, name, upload).await?.size;
+        let current = session(state, name, upload, auth).await?.size;
         return Err(ApiError::ChunkOutOfOrder {
             size: current,
             location: upload_location(name, upload),
@@ -207,10 +216,18 @@ async fn complete(
     Ok(blob_created(name, digest))
 }
 
-/// Creates an upload session: the metadata row first, then the staged data.
-async fn open_session(state: &AppState, name: &RepositoryName) -> Result<UploadId, ApiError> {
+/// Creates an upload session, owned by the account asking: the metadata row
+/// first, then the staged data.
+async fn open_session(
+    state: &AppState,
+    name: &RepositoryName,
+    auth: &RequestAuth,
+) -> Result<UploadId, ApiError> {
     let upload = UploadId::generate();
-    state.meta.create_upload(upload.as_str(), name).await?;
+    state
+        .meta
+        .create_owned_upload(upload.as_str(), name, auth.account())
+        .await?;
     if let Err(error) = state.blobs.start_upload(&upload).await {
         state.meta.delete_upload(upload.as_str()).await?;
         return Err(error.into());
@@ -230,6 +247,7 @@ async fn discard_session(state: &AppState, upload: &UploadId) -> Result<(), ApiE
 pub async fn start(
     state: &AppState,
     name: &RepositoryName,
+    auth: &RequestAuth,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
     let query = request.uri().query().map(str::to_owned);
@@ -247,16 +265,19 @@ pub async fn start(
                     .map_err(|error: kai_oci::NameError| ApiError::NameInvalid {
                         reason: format!("in from: {error}"),
                     })?;
-            if state.meta.mount_blob(name, &from, &digest).await?.is_some() {
+            // Mounting reads from `from`: the caller must be allowed to pull there.
+            if auth.allows(state, &from, kai_auth::Action::Pull).await?
+                && state.meta.mount_blob(name, &from, &digest).await?.is_some()
+            {
                 return Ok(blob_created(name, &digest));
             }
         }
         // Not mountable: the client gets a session to upload the blob instead.
     } else if let Some(digest) = digest_parameter(query)? {
         let (parts, body) = request.into_parts();
-        let upload = open_session(state, name).await?;
+        let upload = open_session(state, name, auth).await?;
         let outcome = async {
-            let size = receive(state, name, &upload, 0, &parts.headers, body).await?;
+            let size = receive(state, name, &upload, auth, 0, &parts.headers, body).await?;
             complete(state, name, &upload, size, &digest).await
         }
         .await;
@@ -265,7 +286,7 @@ pub async fn start(
         }
         return outcome;
     }
-    let upload = open_session(state, name).await?;
+    let upload = open_session(state, name, auth).await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, &upload, 0))
 }
 
@@ -274,8 +295,9 @@ pub async fn status(
     state: &AppState,
     name: &RepositoryName,
     upload: &UploadId,
+    auth: &RequestAuth,
 ) -> Result<Response, ApiError> {
-    let session = session(state, name, upload).await?;
+    let session = session(state, name, upload, auth).await?;
     Ok(upload_response(
         StatusCode::NO_CONTENT,
         name,
@@ -289,12 +311,22 @@ pub async fn patch(
     state: &AppState,
     name: &RepositoryName,
     upload: &UploadId,
+    auth: &RequestAuth,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
     let _guard = state.upload_locks.lock(upload).await;
-    let session = session(state, name, upload).await?;
+    let session = session(state, name, upload, auth).await?;
     let (parts, body) = request.into_parts();
-    let size = receive(state, name, upload, session.size, &parts.headers, body).await?;
+    let size = receive(
+        state,
+        name,
+        upload,
+        auth,
+        session.size,
+        &parts.headers,
+        body,
+    )
+    .await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, upload, size))
 }
 
@@ -304,6 +336,7 @@ pub async fn finish(
     state: &AppState,
     name: &RepositoryName,
     upload: &UploadId,
+    auth: &RequestAuth,
     request: Request<Body>,
 ) -> Result<Response, ApiError> {
     let digest =
@@ -311,9 +344,18 @@ pub async fn finish(
             reason: "the digest query parameter is required to finish an upload".into(),
         })?;
     let _guard = state.upload_locks.lock(upload).await;
-    let session = session(state, name, upload).await?;
+    let session = session(state, name, upload, auth).await?;
     let (parts, body) = request.into_parts();
-    let size = receive(state, name, upload, session.size, &parts.headers, body).await?;
+    let size = receive(
+        state,
+        name,
+        upload,
+        auth,
+        session.size,
+        &parts.headers,
+        body,
+    )
+    .await?;
     complete(state, name, upload, size, &digest).await
 }
 
@@ -322,9 +364,10 @@ pub async fn cancel(
     state: &AppState,
     name: &RepositoryName,
     upload: &UploadId,
+    auth: &RequestAuth,
 ) -> Result<Response, ApiError> {
     let _guard = state.upload_locks.lock(upload).await;
-    session(state, name, upload).await?;
+    session(state, name, upload, auth).await?;
     discard_session(state, upload).await?;
     Ok(empty(StatusCode::NO_CONTENT, vec![]))
 }

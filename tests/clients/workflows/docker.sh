@@ -58,6 +58,27 @@ docker_build_push_image() {
     "$DOCKER" image inspect --format '{{.Os}}/{{.Architecture}}' "$REG/clients/docker:v1"
 }
 
+# docker login with the suite's credentials (what config.json held is logged out first).
+docker_login() {
+    "$DOCKER" logout "$REG" || true
+    printf '%s' "$REGISTRY_PASSWORD" | "$DOCKER" login --username "$REGISTRY_USER" --password-stdin "$REG"
+    grep -q "$REG" "$DOCKER_CONFIG/config.json"
+}
+
+# Pushing into a namespace the user may not write is refused.
+docker_push_denied() {
+    local output
+    "$DOCKER" tag "$REG/clients/docker:v1" "$REG/not-clients/docker:v1"
+    if output=$("$DOCKER" push "$REG/not-clients/docker:v1" 2>&1); then
+        echo "$output"
+        echo "the push into another namespace succeeded"
+        return 1
+    fi
+    echo "$output"
+    expect_match "docker's error" 'denied|unauthorized|insufficient' "$output"
+    "$DOCKER" rmi "$REG/not-clients/docker:v1" >/dev/null
+}
+
 docker_push() {
     local output pushed served
     output=$("$DOCKER" push "$REG/clients/docker:v1")
@@ -166,8 +187,14 @@ workflow_docker() {
     echo "dockerd: $(dockerd --version)"
     docker_start_daemon
     need daemon docker_wait_daemon
+    if [[ -n ${REGISTRY_USER:-} ]]; then
+        need login docker_login
+    fi
     need build docker_build_push_image
     need push docker_push
+    if [[ -n ${REGISTRY_USER:-} ]]; then
+        kai_only step push-denied docker_push_denied
+    fi
     need rmi-pull docker_rmi_pull
     step pulled-content docker_pulled_content
     step manifest-inspect-single docker_manifest_inspect_single

@@ -1,0 +1,122 @@
+# Scale-out backends for the tests: a private PostgreSQL cluster and a
+# single-node Garage (S3-compatible) store, on loopback ports, in a temporary
+# directory. Source this file, call `backends_start`, and `backends_stop` when
+# done (scripts/test does both). Exports what tests/integration reads:
+# KAI_TEST_POSTGRES, KAI_TEST_S3_BUCKET and the AWS_* variables.
+#
+# Installs what is missing: Debian's postgresql, and Garage with
+# `cargo install --locked garage` (about ten minutes to build, once).
+
+backends_dir=""
+backends_postgres_bin=""
+
+backends_install() {
+    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "backends: PostgreSQL is not installed and this is not root: run apt-get install postgresql" >&2
+            return 1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+    fi
+    backends_postgres_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    export PATH="$PATH:$HOME/.cargo/bin"
+    if ! command -v garage >/dev/null 2>&1; then
+        echo "backends: building Garage (cargo install --locked garage; about ten minutes, once)"
+        cargo install --locked garage
+    fi
+    garage --version 2>/dev/null || garage --help | head -n 1
+}
+
+# A free loopback TCP port.
+backends_free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+backends_start() {
+    backends_install || return 1
+    backends_dir=$(mktemp -d /tmp/kai-backends.XXXXXX)
+    chmod 755 "$backends_dir"
+
+    # PostgreSQL refuses to run as root: the cluster belongs to the postgres user.
+    local pg_port run_as=()
+    pg_port=$(backends_free_port)
+    mkdir -p "$backends_dir/postgres"
+    if [[ $(id -u) -eq 0 ]]; then
+        chown postgres "$backends_dir/postgres"
+        run_as=(runuser -u postgres --)
+    fi
+    "${run_as[@]}" "$backends_postgres_bin/initdb" -D "$backends_dir/postgres/data" -A trust -U kai >/dev/null || return 1
+    "${run_as[@]}" "$backends_postgres_bin/pg_ctl" -D "$backends_dir/postgres/data" -l "$backends_dir/postgres/log" -w \
+        -o "-p $pg_port -k $backends_dir/postgres -c listen_addresses=127.0.0.1 -c max_connections=400" start >/dev/null || {
+        cat "$backends_dir/postgres/log" >&2
+        return 1
+    }
+    export KAI_TEST_POSTGRES="postgres://kai@127.0.0.1:$pg_port"
+    echo "backends: PostgreSQL $("$backends_postgres_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$pg_port"
+
+    local s3_port rpc_port admin_port config node key_output
+    s3_port=$(backends_free_port)
+    rpc_port=$(backends_free_port)
+    admin_port=$(backends_free_port)
+    config="$backends_dir/garage.toml"
+    cat >"$config" <<TOML
+metadata_dir = "$backends_dir/garage/meta"
+data_dir = "$backends_dir/garage/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:$rpc_port"
+rpc_public_addr = "127.0.0.1:$rpc_port"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:$s3_port"
+root_domain = ".s3.garage.localhost"
+
+[admin]
+api_bind_addr = "127.0.0.1:$admin_port"
+TOML
+    garage -c "$config" server >"$backends_dir/garage.log" 2>&1 &
+    echo $! >"$backends_dir/garage.pid"
+    local attempt
+    for attempt in $(seq 1 100); do
+        node=$(garage -c "$config" node id -q 2>/dev/null | cut -d@ -f1) && [[ -n $node ]] && break
+        sleep 0.2
+    done
+    if [[ -z ${node:-} ]]; then
+        echo "backends: Garage did not start; its log:" >&2
+        cat "$backends_dir/garage.log" >&2
+        return 1
+    fi
+    garage -c "$config" layout assign -z dc1 -c 1G "$node" >/dev/null
+    garage -c "$config" layout apply --version 1 >/dev/null
+    garage -c "$config" bucket create kai-test >/dev/null
+    key_output=$(garage -c "$config" key create kai-test-key)
+    garage -c "$config" bucket allow --read --write --owner kai-test --key kai-test-key >/dev/null
+    export AWS_ACCESS_KEY_ID=$(awk '/Key ID/ {print $NF}' <<<"$key_output")
+    export AWS_SECRET_ACCESS_KEY=$(awk '/Secret key/ {print $NF}' <<<"$key_output")
+    export AWS_ENDPOINT_URL="http://127.0.0.1:$s3_port"
+    export AWS_REGION=garage
+    export AWS_ALLOW_HTTP=true
+    export KAI_TEST_S3_BUCKET=kai-test
+    if [[ -z $AWS_ACCESS_KEY_ID || -z $AWS_SECRET_ACCESS_KEY ]]; then
+        echo "backends: could not read the Garage key from: $(sed 's/Secret key.*/Secret key: (hidden)/' <<<"$key_output")" >&2
+        return 1
+    fi
+    echo "backends: Garage on 127.0.0.1:$s3_port, bucket kai-test"
+}
+
+backends_stop() {
+    [[ -n $backends_dir && -d $backends_dir ]] || return 0
+    if [[ -f $backends_dir/garage.pid ]]; then
+        kill "$(cat "$backends_dir/garage.pid")" 2>/dev/null
+        wait "$(cat "$backends_dir/garage.pid")" 2>/dev/null
+    fi
+    if [[ -d $backends_dir/postgres/data ]]; then
+        local run_as=()
+        [[ $(id -u) -eq 0 ]] && run_as=(runuser -u postgres --)
+        "${run_as[@]}" "$backends_postgres_bin/pg_ctl" -D "$backends_dir/postgres/data" -m fast stop >/dev/null 2>&1
+    fi
+    rm -rf "$backends_dir"
+    backends_dir=""
+}
