@@ -428,6 +428,10 @@ impl Tls {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment::Error, which is large"
+)]
 mod tests {
     use super::*;
 
@@ -457,10 +461,6 @@ mod tests {
     }
 
     #[test]
-    #[expect(
-        clippy::result_large_err,
-        reason = "figment::Jail's closure returns figment::Error"
-    )]
     fn tls_settings_layer_and_are_checked() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -214,7 +214,7 @@ pub fn scale_out_backends() -> bool {
 /// `postgres://kai@127.0.0.1:55432`), each registry gets a fresh PostgreSQL
 /// database; with `KAI_TEST_S3_BUCKET` (and the `AWS_*` variables), a fresh
 /// prefix in that bucket. Without them: SQLite and files in the data directory.
-async fn use_test_backends(config: &mut Config) {
+pub async fn use_test_backends(config: &mut Config) {
     let unique = format!("kai_test_{}", uuid::Uuid::new_v4().simple());
     if let Ok(server) = std::env::var("KAI_TEST_POSTGRES") {
         use sqlx::{Connection, Executor};

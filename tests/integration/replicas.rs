@@ -153,3 +153,113 @@ async fn concurrent_pushes_of_one_blob_and_one_tag_end_consistent() {
     second.stop().await;
     first.stop().await;
 }
+
+/// A `kai serve` process on the given database and storage.
+struct Replica {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Replica {
+    fn spawn(config: &kai::config::Config, data: &std::path::Path) -> Replica {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kai"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(["--database", &config.database, "--storage", &config.storage])
+            .env("KAI_AUTH__ENABLED", "false")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kai starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("ready line");
+        let address = line.trim().strip_prefix("listening on http://").expect("ready line names the address");
+        Replica {
+            child,
+            base: format!("http://{address}"),
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_upload_loses_nothing_acknowledged() {
+    if !scale_out_backends() {
+        return;
+    }
+    let mut config = kai::config::Config::default();
+    use_test_backends(&mut config).await;
+    let directory = tempfile::tempdir().unwrap();
+    let mut doomed = Replica::spawn(&config, &directory.path().join("a"));
+    let survivor = Replica::spawn(&config, &directory.path().join("b"));
+    let client = reqwest::Client::new();
+    let bytes: Vec<u8> = (0..4_000_000u32).map(|index| (index % 241) as u8).collect();
+    let digest = sha256(&bytes);
+    let (first_chunk, second_chunk) = bytes.split_at(2_000_000);
+
+    let start = client
+        .post(format!("{}/v2/scale/killed/blobs/uploads/", doomed.base))
+        .send()
+        .await
+        .unwrap();
+    let location = header(&start, "location");
+    let patch = client
+        .patch(format!("{}{location}", doomed.base))
+        .header("content-range", format!("0-{}", first_chunk.len() - 1))
+        .body(first_chunk.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), StatusCode::ACCEPTED);
+
+    // The second chunk is half sent when the replica dies.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(receiver));
+    let in_flight = client
+        .patch(format!("{}{location}", doomed.base))
+        .header("content-range", format!("{}-{}", first_chunk.len(), bytes.len() - 1))
+        .header("content-length", second_chunk.len().to_string())
+        .body(body)
+        .send();
+    let in_flight = tokio::spawn(in_flight);
+    sender.send(Ok(second_chunk[..1_000_000].to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    doomed.child.kill().expect("SIGKILL");
+    doomed.child.wait().unwrap();
+    drop(sender);
+    assert!(in_flight.await.unwrap().is_err(), "the killed replica cannot have answered");
+
+    // The client retries on the other replica from what was acknowledged.
+    let status = client.get(format!("{}{location}", survivor.base)).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&status, "range"), format!("0-{}", first_chunk.len() - 1));
+    let retry = client
+        .put(format!("{}{location}?digest={digest}", survivor.base))
+        .header("content-range", format!("{}-{}", first_chunk.len(), bytes.len() - 1))
+        .body(second_chunk.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), StatusCode::CREATED, "{}", retry.text().await.unwrap());
+    let pulled = client
+        .get(format!("{}/v2/scale/killed/blobs/{digest}", survivor.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&pulled.bytes().await.unwrap()), digest);
+}
+
+fn tokio_stream_from(
+    mut receiver: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |context| receiver.poll_recv(context))
+}

@@ -730,6 +730,11 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}://{user}:***@{host}{path}")
 }
 
+/// Unix seconds now, as the store records times.
+pub fn unix_now() -> i64 {
+    now()
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;
@@ -745,9 +750,4 @@ mod tests {
             "sqlite:///var/lib/kai/kai.db"
         );
     }
-}
-
-/// Unix seconds now, as the store records times.
-pub fn unix_now() -> i64 {
-    now()
 }
