@@ -234,7 +234,11 @@ mod tests {
             ("/v2/a/manifests/.bad", "TAG_INVALID"),
             ("/v2/a/manifests/sha256:123", "DIGEST_INVALID"),
             ("/v2/a/blobs/latest", "DIGEST_INVALID"),
-            ("/v2/a/blobs/uploads/../../etc", "BLOB_UPLOAD_UNKNOWN"),
+            (
+                "/v2/a/blobs/uploads/not-an-upload-id",
+                "BLOB_UPLOAD_UNKNOWN",
+            ),
+            ("/v2/a/blobs/uploads/../../etc", "UNSUPPORTED"),
             ("/v2/a/unknown", "UNSUPPORTED"),
             ("/v3/", "UNSUPPORTED"),
         ];

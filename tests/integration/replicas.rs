@@ -176,7 +176,10 @@ impl Replica {
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .expect("ready line");
-        let address = line.trim().strip_prefix("listening on http://").expect("ready line names the address");
+        let address = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .expect("ready line names the address");
         Replica {
             child,
             base: format!("http://{address}"),
@@ -226,30 +229,54 @@ async fn a_replica_killed_mid_upload_loses_nothing_acknowledged() {
     let body = reqwest::Body::wrap_stream(tokio_stream_from(receiver));
     let in_flight = client
         .patch(format!("{}{location}", doomed.base))
-        .header("content-range", format!("{}-{}", first_chunk.len(), bytes.len() - 1))
+        .header(
+            "content-range",
+            format!("{}-{}", first_chunk.len(), bytes.len() - 1),
+        )
         .header("content-length", second_chunk.len().to_string())
         .body(body)
         .send();
     let in_flight = tokio::spawn(in_flight);
-    sender.send(Ok(second_chunk[..1_000_000].to_vec())).await.unwrap();
+    sender
+        .send(Ok(second_chunk[..1_000_000].to_vec()))
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     doomed.child.kill().expect("SIGKILL");
     doomed.child.wait().unwrap();
     drop(sender);
-    assert!(in_flight.await.unwrap().is_err(), "the killed replica cannot have answered");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the killed replica cannot have answered"
+    );
 
     // The client retries on the other replica from what was acknowledged.
-    let status = client.get(format!("{}{location}", survivor.base)).send().await.unwrap();
+    let status = client
+        .get(format!("{}{location}", survivor.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(status.status(), StatusCode::NO_CONTENT);
-    assert_eq!(header(&status, "range"), format!("0-{}", first_chunk.len() - 1));
+    assert_eq!(
+        header(&status, "range"),
+        format!("0-{}", first_chunk.len() - 1)
+    );
     let retry = client
         .put(format!("{}{location}?digest={digest}", survivor.base))
-        .header("content-range", format!("{}-{}", first_chunk.len(), bytes.len() - 1))
+        .header(
+            "content-range",
+            format!("{}-{}", first_chunk.len(), bytes.len() - 1),
+        )
         .body(second_chunk.to_vec())
         .send()
         .await
         .unwrap();
-    assert_eq!(retry.status(), StatusCode::CREATED, "{}", retry.text().await.unwrap());
+    assert_eq!(
+        retry.status(),
+        StatusCode::CREATED,
+        "{}",
+        retry.text().await.unwrap()
+    );
     let pulled = client
         .get(format!("{}/v2/scale/killed/blobs/{digest}", survivor.base))
         .send()

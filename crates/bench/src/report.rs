@@ -256,6 +256,7 @@ pub struct ResourceSample {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Failure {
+    /// 0 for what runs after the rounds (the large push, stopping).
     pub round: u32,
     pub server: String,
     pub scenario: String,
@@ -298,6 +299,10 @@ pub struct MetricResult {
 
 impl MetricResult {
     fn ratios(&self) -> Vec<Option<f64>> {
+        // A page count describes the walk; a ratio of it means nothing.
+        if self.spec.unit == "pages" {
+            return vec![None; self.values.len()];
+        }
         self.values
             .iter()
             .map(|pair| match pair {
@@ -502,9 +507,13 @@ impl Results {
         } else {
             out.push_str(&format!("\n{} FAILURE(S):\n", self.failures.len()));
             for failure in &self.failures {
+                let when = match failure.round {
+                    0 => "after the rounds".to_string(),
+                    round => format!("round {round}"),
+                };
                 out.push_str(&format!(
-                    "- round {}, {}, {}: {}\n",
-                    failure.round, failure.server, failure.scenario, failure.error
+                    "- {when}, {}, {}: {}\n",
+                    failure.server, failure.scenario, failure.error
                 ));
             }
         }
