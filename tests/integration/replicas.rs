@@ -290,3 +290,72 @@ fn tokio_stream_from(
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures::stream::poll_fn(move |context| receiver.poll_recv(context))
 }
+
+#[tokio::test]
+async fn a_token_from_one_replica_is_accepted_by_the_other() {
+    if !scale_out_backends() {
+        return;
+    }
+    let first = TestRegistry::start_with(|config| config.auth.enabled = true).await;
+    let second = first.start_replica().await;
+    let actor = kai::accounts::Actor::system();
+    kai::accounts::create_user(
+        &first.state().meta,
+        &actor,
+        "carol",
+        "carol-password-4",
+        false,
+    )
+    .await
+    .unwrap();
+
+    let response = first
+        .client
+        .get(first.url("/v2/auth"))
+        .query(&[
+            ("service", "kai"),
+            ("scope", "repository:carol/app:pull,push"),
+        ])
+        .basic_auth("carol", Some("carol-password-4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    let token = body["token"].as_str().unwrap().to_owned();
+
+    // Without the token the second replica challenges; with it, it serves.
+    let anonymous = second
+        .request(Method::POST, "/v2/carol/app/blobs/uploads/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let bytes = b"pushed with a token from the other replica";
+    let digest = sha256(bytes);
+    let pushed = second
+        .request(
+            Method::POST,
+            &format!("/v2/carol/app/blobs/uploads/?digest={digest}"),
+        )
+        .bearer_auth(&token)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        pushed.status(),
+        StatusCode::CREATED,
+        "{}",
+        pushed.text().await.unwrap()
+    );
+    let pulled = first
+        .request(Method::GET, &format!("/v2/carol/app/blobs/{digest}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pulled.bytes().await.unwrap().as_ref(), bytes);
+    second.stop().await;
+    first.stop().await;
+}
