@@ -48,6 +48,9 @@ pub struct S3 {
     pub secret_access_key: String,
     /// Allow a plain-HTTP endpoint (or `AWS_ALLOW_HTTP=true`).
     pub allow_http: bool,
+    /// Answer a whole-blob GET with a redirect to a presigned URL valid for five
+    /// minutes, so the bytes flow from the bucket to the client, not through Kai.
+    pub redirect: bool,
 }
 
 /// Secrets are printed as `***` (an empty secret stays empty, so defaults

@@ -120,6 +120,16 @@ pub trait BlobStore: Send + Sync + 'static {
         range: Option<ByteRange>,
     ) -> Result<Option<ByteStream>>;
 
+    /// A time-limited URL from which a client may download the blob directly,
+    /// where the backend can sign one (S3); `None` otherwise.
+    async fn download_url(
+        &self,
+        _digest: &Digest,
+        _valid_for: std::time::Duration,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Removes a stored blob. Removing a blob that is not stored is not an error.
     async fn delete_blob(&self, digest: &Digest) -> Result<()>;
 

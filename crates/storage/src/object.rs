@@ -36,6 +36,8 @@ struct HashProgress {
 
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
+    /// Signs download URLs, where the service supports it (S3).
+    signer: Option<Arc<dyn object_store::signer::Signer>>,
     prefix: Path,
     hash_progress: Mutex<HashMap<UploadId, HashProgress>>,
 }
@@ -59,6 +61,7 @@ impl ObjectBlobStore {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         ObjectBlobStore {
             store,
+            signer: None,
             prefix: Path::from(prefix.trim_matches('/')),
             hash_progress: Mutex::default(),
         }
@@ -104,7 +107,10 @@ impl ObjectBlobStore {
         let store = builder.build().map_err(|error| {
             format!("cannot configure S3 storage for bucket {bucket:?}: {error}")
         })?;
-        Ok(Self::new(Arc::new(store), prefix))
+        let store = Arc::new(store);
+        let mut blob_store = Self::new(store.clone(), prefix);
+        blob_store.signer = Some(store);
+        Ok(blob_store)
     }
 
     fn path(&self, relative: &str) -> Path {
@@ -233,6 +239,21 @@ impl BlobStore for ObjectBlobStore {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(error) => Err(storage_error(error)),
         }
+    }
+
+    async fn download_url(
+        &self,
+        digest: &Digest,
+        valid_for: std::time::Duration,
+    ) -> Result<Option<String>> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(http::Method::GET, &self.blob_path(digest), valid_for)
+            .await
+            .map_err(storage_error)?;
+        Ok(Some(url.to_string()))
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<()> {

@@ -118,6 +118,18 @@ pub async fn get(
     if method == Method::HEAD {
         return response.body(Body::empty()).map_err(ApiError::internal);
     }
+    if range.is_none() && state.config.s3.redirect {
+        let valid_for = std::time::Duration::from_secs(300);
+        if let Some(url) = state.blobs.download_url(digest, valid_for).await? {
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("location", header(url))
+                .header("docker-content-digest", header(digest.to_string()))
+                .header("content-length", 0)
+                .body(Body::empty())
+                .map_err(ApiError::internal);
+        }
+    }
     let Some(stream) = state.blobs.read_blob(digest, range).await? else {
         tracing::error!(%digest, "blob is linked in the metadata but missing from storage");
         return Err(ApiError::BlobUnknown {
