@@ -9,11 +9,9 @@
 //! appears under `blobs/` only after its digest was verified and its bytes
 //! synced; the directory entry is synced after the rename.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,6 +19,7 @@ use kai_oci::{ContentHasher, Digest, DigestAlgorithm};
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncSeekExt;
 
+use crate::progress::HashProgress;
 use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Written};
 
 /// How many bytes one read of a blob file asks for.
@@ -30,17 +29,9 @@ const WRITE_BUFFER: usize = 1024 * 1024;
 /// How many received chunks may wait for the writer thread.
 const WRITE_QUEUE: usize = 64;
 
-/// Hash state of an upload, kept so that the digest need not be computed again
-/// from disk at commit. It is an optimisation only: a restarted server, or
-/// another replica, has none and reads the staged file instead.
-struct HashProgress {
-    size: u64,
-    hasher: ContentHasher,
-}
-
 pub struct FilesystemStore {
     root: PathBuf,
-    hash_progress: Arc<Mutex<HashMap<UploadId, HashProgress>>>,
+    hash_progress: HashProgress,
 }
 
 impl FilesystemStore {
@@ -60,7 +51,7 @@ impl FilesystemStore {
         }
         Ok(FilesystemStore {
             root,
-            hash_progress: Arc::default(),
+            hash_progress: HashProgress::default(),
         })
     }
 
@@ -77,33 +68,6 @@ impl FilesystemStore {
 
     fn upload_path(&self, upload: &UploadId) -> PathBuf {
         self.root.join("uploads").join(upload.as_str())
-    }
-
-    fn take_progress(&self, upload: &UploadId, size: u64) -> Option<ContentHasher> {
-        let mut progress = self
-            .hash_progress
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        match progress.remove(upload) {
-            Some(entry) if entry.size == size => Some(entry.hasher),
-            _ => None,
-        }
-    }
-
-    fn keep_progress(&self, upload: &UploadId, size: u64, hasher: ContentHasher) {
-        let mut progress = self
-            .hash_progress
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        progress.insert(upload.clone(), HashProgress { size, hasher });
-    }
-
-    fn forget_progress(&self, upload: &UploadId) {
-        let mut progress = self
-            .hash_progress
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        progress.remove(upload);
     }
 }
 
@@ -203,7 +167,7 @@ impl BlobStore for FilesystemStore {
         limit: Option<u64>,
     ) -> Result<Written> {
         let path = self.upload_path(upload);
-        let hasher = self.take_progress(upload, offset);
+        let hasher = self.hash_progress.take(upload, offset);
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
 
         // Hashing and writing run on a blocking thread while this task keeps
@@ -270,7 +234,7 @@ impl BlobStore for FilesystemStore {
         let (written, hasher) = outcome?;
         let size = offset + written;
         if let Some(hasher) = hasher {
-            self.keep_progress(upload, size, hasher);
+            self.hash_progress.keep(upload, size, hasher);
         }
         Ok(Written {
             bytes: written,
@@ -283,7 +247,8 @@ impl BlobStore for FilesystemStore {
         let target = self.blob_path(expected);
         let expected = expected.clone();
         let progress = self
-            .take_progress(upload, size)
+            .hash_progress
+            .take(upload, size)
             .filter(|_| expected.algorithm() == DigestAlgorithm::Sha256);
         tokio::task::spawn_blocking(move || -> Result<()> {
             let mut file = open_upload(&source)?;
@@ -326,7 +291,7 @@ impl BlobStore for FilesystemStore {
     }
 
     async fn cancel_upload(&self, upload: &UploadId) -> Result<()> {
-        self.forget_progress(upload);
+        self.hash_progress.forget(upload);
         match tokio::fs::remove_file(self.upload_path(upload)).await {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),

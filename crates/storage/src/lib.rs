@@ -10,6 +10,7 @@
 
 mod filesystem;
 mod object;
+mod progress;
 #[cfg(test)]
 mod suite;
 

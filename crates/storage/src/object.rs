@@ -13,15 +13,16 @@
 //! objects from offset 0 to the acknowledged size, verifies the digest first,
 //! and only then writes the blob's object.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use kai_oci::{ContentHasher, Digest, DigestAlgorithm};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
 
+use crate::progress::HashProgress;
 use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Written};
 
 /// Multipart part size: S3 needs at least 5 MiB for every part but the last.
@@ -29,17 +30,12 @@ const PART_SIZE: usize = 8 * 1024 * 1024;
 /// Parts in flight at once for one upload.
 const PART_CONCURRENCY: usize = 2;
 
-struct HashProgress {
-    size: u64,
-    hasher: ContentHasher,
-}
-
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
     /// Signs download URLs, where the service supports it (S3).
     signer: Option<Arc<dyn object_store::signer::Signer>>,
     prefix: Path,
-    hash_progress: Mutex<HashMap<UploadId, HashProgress>>,
+    hash_progress: HashProgress,
 }
 
 /// Settings for an S3-compatible service. Empty fields fall back to the
@@ -63,7 +59,7 @@ impl ObjectBlobStore {
             store,
             signer: None,
             prefix: Path::from(prefix.trim_matches('/')),
-            hash_progress: Mutex::default(),
+            hash_progress: HashProgress::default(),
         }
     }
 
@@ -136,17 +132,6 @@ impl ObjectBlobStore {
 
     fn chunk_path(&self, upload: &UploadId, offset: u64) -> Path {
         self.path(&format!("uploads/{upload}/{offset:020}"))
-    }
-
-    fn take_progress(&self, upload: &UploadId, size: u64) -> Option<ContentHasher> {
-        let mut progress = self
-            .hash_progress
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        match progress.remove(upload) {
-            Some(entry) if entry.size == size => Some(entry.hasher),
-            _ => None,
-        }
     }
 
     /// The chunk objects that form bytes `0..size` of the upload, in order.
@@ -281,7 +266,7 @@ impl BlobStore for ObjectBlobStore {
         mut data: ByteStream,
         limit: Option<u64>,
     ) -> Result<Written> {
-        let mut hasher = self.take_progress(upload, offset);
+        let mut hasher = self.hash_progress.take(upload, offset);
         let multipart = self
             .store
             .put_multipart(&self.chunk_path(upload, offset))
@@ -330,11 +315,7 @@ impl BlobStore for ObjectBlobStore {
         writer.finish().await.map_err(storage_error)?;
         let size = offset + written;
         if let Some(hasher) = hasher {
-            let mut progress = self
-                .hash_progress
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            progress.insert(upload.clone(), HashProgress { size, hasher });
+            self.hash_progress.keep(upload, size, hasher);
         }
         Ok(Written {
             bytes: written,
@@ -344,7 +325,8 @@ impl BlobStore for ObjectBlobStore {
 
     async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()> {
         let progress = self
-            .take_progress(upload, size)
+            .hash_progress
+            .take(upload, size)
             .filter(|_| expected.algorithm() == DigestAlgorithm::Sha256);
         let chain = self.chunk_chain(upload, size).await?;
         let actual = match progress {
@@ -410,13 +392,7 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn cancel_upload(&self, upload: &UploadId) -> Result<()> {
-        {
-            let mut progress = self
-                .hash_progress
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            progress.remove(upload);
-        }
+        self.hash_progress.forget(upload);
         self.delete_prefix(&self.upload_directory(upload)).await
     }
 
