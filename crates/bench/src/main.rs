@@ -386,9 +386,10 @@ async fn run(args: Args) -> Result<bool> {
     // Removing a populated reference's storage (millions of small files at
     // 100,000 entries) takes a while, so it comes after the report.
     eprintln!("kai-bench: removing the servers' storage");
-    let removals = [first, second].map(|target| tokio::task::spawn_blocking(move || drop(target)));
+    let removals = [first, second]
+        .map(|target| tokio::task::spawn_blocking(move || target.server.remove_storage()));
     for removal in removals {
-        removal.await?;
+        removal.await??;
     }
     Ok(results.failures.is_empty())
 }
@@ -409,7 +410,7 @@ async fn large_blob_check(
         .check_running()
         .context("after the large push")?;
     target.server.stop().await?;
-    tokio::task::spawn_blocking(move || drop(target)).await?;
+    tokio::task::spawn_blocking(move || target.server.remove_storage()).await??;
     let rate = outcome.map_err(|_| anyhow::anyhow!("did not finish within {timeout:?}"))??;
     Ok(BigBlob {
         server: String::new(),
