@@ -44,6 +44,11 @@ impl MetaError {
 
 pub type Result<T, E = MetaError> = std::result::Result<T, E>;
 
+/// The size of a blob that a repository may see: `$1` repository, `$2` digest.
+const REPOSITORY_BLOB_SIZE: &str = "SELECT blobs.size FROM repository_blobs \
+     JOIN blobs ON blobs.digest = repository_blobs.digest \
+     WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2";
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -225,14 +230,11 @@ impl MetaStore {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<u64>> {
-        let row = sqlx::query(
-            "SELECT blobs.size FROM repository_blobs JOIN blobs ON blobs.digest = repository_blobs.digest \
-             WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2",
-        )
-        .bind(repository.as_str())
-        .bind(digest.to_string())
-        .fetch_optional(&self.reader)
-        .await?;
+        let row = sqlx::query(REPOSITORY_BLOB_SIZE)
+            .bind(repository.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
         Ok(row.map(|row| row.get::<i64, _>(0) as u64))
     }
 
@@ -422,14 +424,11 @@ impl MetaStore {
         let repository = manifest.repository.as_str();
         let mut transaction = self.writer.begin().await?;
         for blob in manifest.blobs {
-            let row = sqlx::query(
-                "SELECT blobs.size FROM repository_blobs JOIN blobs ON blobs.digest = repository_blobs.digest \
-                 WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2",
-            )
-            .bind(repository)
-            .bind(blob.digest.to_string())
-            .fetch_optional(&mut *transaction)
-            .await?;
+            let row = sqlx::query(REPOSITORY_BLOB_SIZE)
+                .bind(repository)
+                .bind(blob.digest.to_string())
+                .fetch_optional(&mut *transaction)
+                .await?;
             match row.map(|row| row.get::<i64, _>(0)) {
                 None => return Ok(Err(ManifestRejection::BlobUnknown(blob.digest.clone()))),
                 Some(stored) if stored != blob.size => {
