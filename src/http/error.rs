@@ -71,13 +71,26 @@ pub enum ApiError {
     },
     #[error("no such endpoint; the registry API is under /v2/")]
     NotFound,
-    #[error("the registry's metadata database is unavailable; try again shortly")]
-    Unavailable(#[source] anyhow::Error),
+    /// A backend (`service`: the metadata database or the blob storage) could
+    /// not be reached. Answered 503 with `Retry-After`.
+    #[error("the registry's {service} is unavailable; try again shortly")]
+    Unavailable {
+        service: &'static str,
+        #[source]
+        cause: anyhow::Error,
+    },
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
 
 impl ApiError {
+    pub fn database_unavailable(cause: impl Into<anyhow::Error>) -> Self {
+        ApiError::Unavailable {
+            service: "metadata database",
+            cause: cause.into(),
+        }
+    }
+
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(error.into())
     }
@@ -109,7 +122,7 @@ impl ApiError {
             ApiError::Unsupported { .. }
             | ApiError::MethodNotAllowed { .. }
             | ApiError::NotFound => "UNSUPPORTED",
-            ApiError::Unavailable(_) => "UNAVAILABLE",
+            ApiError::Unavailable { .. } => "UNAVAILABLE",
             ApiError::Internal(_) => "UNKNOWN",
         }
     }
@@ -133,7 +146,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } | ApiError::Unsupported { .. } => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -162,10 +175,9 @@ impl IntoResponse for ApiError {
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed")
             }
-            ApiError::Unavailable(cause) => tracing::warn!(
-                error = format!("{cause:#}"),
-                "metadata database unavailable"
-            ),
+            ApiError::Unavailable { service, cause } => {
+                tracing::warn!(error = format!("{cause:#}"), "{service} unavailable")
+            }
             _ => {}
         }
         let mut entry = json!({ "code": self.code(), "message": self.to_string() });
@@ -188,7 +200,7 @@ impl IntoResponse for ApiError {
                     headers.insert("content-range", value);
                 }
             }
-            ApiError::Unavailable(_) => {
+            ApiError::Unavailable { .. } => {
                 headers.insert("retry-after", HeaderValue::from_static("5"));
             }
             ApiError::Unauthorized { challenge, .. } => {
@@ -218,7 +230,7 @@ pub fn range_header(size: u64) -> HeaderValue {
 impl From<kai_meta::MetaError> for ApiError {
     fn from(error: kai_meta::MetaError) -> Self {
         if error.is_unavailable() {
-            ApiError::Unavailable(error.into())
+            ApiError::database_unavailable(error)
         } else {
             ApiError::Internal(error.into())
         }
@@ -243,6 +255,10 @@ impl From<kai_storage::StorageError> for ApiError {
                 reason: format!("the body is longer than the {limit} bytes announced"),
             },
             StorageError::Io(cause) => ApiError::Internal(cause.into()),
+            StorageError::Unavailable(reason) => ApiError::Unavailable {
+                service: "blob storage",
+                cause: anyhow::anyhow!(reason),
+            },
         }
     }
 }

@@ -30,9 +30,22 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn readiness(State(state): State<AppState>) -> Response {
-    match state.meta.ping().await {
-        Ok(()) => "ready\n".into_response(),
-        Err(error) => ApiError::Unavailable(error.into()).into_response(),
+    // A probe must answer quickly, even while a backend is down and its
+    // client is still retrying.
+    let limit = std::time::Duration::from_secs(3);
+    match tokio::time::timeout(limit, state.meta.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return ApiError::database_unavailable(error).into_response(),
+        Err(elapsed) => return ApiError::database_unavailable(elapsed).into_response(),
+    }
+    match tokio::time::timeout(limit, state.blobs.ping()).await {
+        Ok(Ok(())) => "ready\n".into_response(),
+        Ok(Err(error)) => ApiError::from(error).into_response(),
+        Err(elapsed) => ApiError::Unavailable {
+            service: "blob storage",
+            cause: elapsed.into(),
+        }
+        .into_response(),
     }
 }
 

@@ -109,6 +109,11 @@ fn hash_file_prefix(file: &mut File, size: u64, algorithm: DigestAlgorithm) -> i
 
 #[async_trait::async_trait]
 impl BlobStore for FilesystemStore {
+    async fn ping(&self) -> Result<()> {
+        tokio::fs::metadata(&self.root).await?;
+        Ok(())
+    }
+
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         match tokio::fs::metadata(self.blob_path(digest)).await {
             Ok(metadata) => Ok(Some(metadata.len())),

@@ -95,6 +95,10 @@ pub enum StorageError {
     TooLarge { limit: u64 },
     #[error("storage I/O failed: {0}")]
     Io(#[from] io::Error),
+    /// The storage service could not be reached or answered with a server
+    /// error after retries: worth a retry by the client.
+    #[error("the storage service is unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -110,6 +114,9 @@ pub struct Written {
 
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
+    /// Checks that the storage answers (for the readiness probe).
+    async fn ping(&self) -> Result<()>;
+
     /// The size of a stored blob, or `None` when it is not stored.
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
 

@@ -49,8 +49,26 @@ pub struct S3Settings {
     pub allow_http: bool,
 }
 
+/// Maps an object store error. `Generic` is what `object_store` reports once
+/// its retries of a transport failure or a server error (5xx) are spent: the
+/// service is down or overloaded, so the client should retry later. The other
+/// kinds are definite answers (missing, denied, conflicting) and stay errors.
 fn storage_error(error: object_store::Error) -> StorageError {
-    StorageError::Io(io::Error::other(error))
+    match error {
+        object_store::Error::Generic { .. } => StorageError::Unavailable(error.to_string()),
+        error => StorageError::Io(io::Error::other(error)),
+    }
+}
+
+/// How long a request to the object store is retried before the registry
+/// answers 503: long enough to ride out a restart of the service, short
+/// enough that the client's own retry takes over well before its timeout.
+pub fn retry_policy() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig::default(),
+        max_retries: 5,
+        retry_timeout: std::time::Duration::from_secs(15),
+    }
 }
 
 impl ObjectBlobStore {
@@ -100,6 +118,7 @@ impl ObjectBlobStore {
         if settings.allow_http {
             builder = builder.with_allow_http(true);
         }
+        builder = builder.with_retry(retry_policy());
         let store = builder.build().map_err(|error| {
             format!("cannot configure S3 storage for bucket {bucket:?}: {error}")
         })?;
@@ -202,6 +221,15 @@ impl ObjectBlobStore {
 
 #[async_trait::async_trait]
 impl BlobStore for ObjectBlobStore {
+    async fn ping(&self) -> Result<()> {
+        // Any answer, "not found" included, shows that the service is up and
+        // accepts the credentials.
+        match self.store.head(&self.path("readiness-probe")).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(storage_error(error)),
+        }
+    }
+
     async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         match self.store.head(&self.blob_path(digest)).await {
             Ok(meta) => Ok(Some(meta.size)),
