@@ -50,7 +50,8 @@ impl AppState {
     }
 }
 
-/// The blob store that `storage` names: `file:///PATH` or `s3://BUCKET[/PREFIX]`.
+/// The blob store that `storage` names: `file:///PATH`, `s3://BUCKET[/PREFIX]`,
+/// `az://CONTAINER[/PREFIX]` or `gs://BUCKET[/PREFIX]`.
 fn open_blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
     let url = config.storage_url();
     if let Some(path) = url.strip_prefix("file://") {
@@ -73,7 +74,18 @@ fn open_blob_store(config: &Config) -> anyhow::Result<Arc<dyn BlobStore>> {
         let store = ObjectBlobStore::s3(&url, &settings).map_err(anyhow::Error::msg)?;
         return Ok(Arc::new(store));
     }
-    anyhow::bail!("storage URL {url:?} is not supported; use file:///PATH or s3://BUCKET[/PREFIX]")
+    if url.starts_with("az://") || url.starts_with("azure://") {
+        let store = ObjectBlobStore::azure(&url).map_err(anyhow::Error::msg)?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("gs://") {
+        let store = ObjectBlobStore::gcs(&url).map_err(anyhow::Error::msg)?;
+        return Ok(Arc::new(store));
+    }
+    anyhow::bail!(
+        "storage URL {url:?} is not supported; use file:///PATH, s3://BUCKET[/PREFIX], \
+         az://CONTAINER[/PREFIX] or gs://BUCKET[/PREFIX]"
+    )
 }
 
 /// The HTTP application for `state`.

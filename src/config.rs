@@ -21,7 +21,10 @@ pub struct Config {
     /// The metadata database URL: `sqlite://PATH` or `postgres://...`. Empty
     /// means `sqlite://<data>/kai.db`.
     pub database: String,
-    /// Where blobs are stored: `file:///PATH` or `s3://BUCKET[/PREFIX]`. Empty
+    /// Where blobs are stored: `file:///PATH`, `s3://BUCKET[/PREFIX]`,
+    /// `az://CONTAINER[/PREFIX]` (Azure Blob Storage, configured by the
+    /// standard `AZURE_STORAGE_*` variables) or `gs://BUCKET[/PREFIX]` (Google
+    /// Cloud Storage, by `GOOGLE_APPLICATION_CREDENTIALS` and the like). Empty
     /// means the data directory.
     pub storage: String,
     /// S3-compatible storage settings; empty fields fall back to the standard
@@ -50,6 +53,7 @@ pub struct S3 {
     pub allow_http: bool,
     /// Answer a whole-blob GET with a redirect to a presigned URL valid for five
     /// minutes, so the bytes flow from the bucket to the client, not through Kai.
+    /// Also applies to `az://` and `gs://` storage, despite the section's name.
     pub redirect: bool,
 }
 

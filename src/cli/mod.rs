@@ -63,9 +63,12 @@ pub struct CommonArgs {
     /// [default: sqlite://DATA/kai.db].
     #[arg(long, value_name = "URL")]
     pub database: Option<String>,
-    /// Where blobs are stored: file:///PATH or s3://BUCKET[/PREFIX] (endpoint, region and
+    /// Where blobs are stored: file:///PATH, s3://BUCKET[/PREFIX] (endpoint, region and
     /// credentials from [s3] or AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP) [default: file://DATA].
+    /// AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP), az://CONTAINER[/PREFIX] (Azure Blob Storage:
+    /// AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_ENDPOINT, ...) or
+    /// gs://BUCKET[/PREFIX] (Google Cloud Storage: GOOGLE_APPLICATION_CREDENTIALS, ...)
+    /// [default: file://DATA].
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
 }

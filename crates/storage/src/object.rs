@@ -1,5 +1,6 @@
-//! Blob storage on an object store (S3-compatible services through the
-//! `object_store` crate, or memory for tests).
+//! Blob storage on an object store (S3-compatible services, Azure Blob
+//! Storage and Google Cloud Storage through the `object_store` crate, or
+//! memory for tests).
 //!
 //! Layout under the configured prefix:
 //! - `blobs/<algorithm>/<first two hex digits>/<hex>`: finished blobs.
@@ -32,10 +33,14 @@ const PART_CONCURRENCY: usize = 2;
 
 pub struct ObjectBlobStore {
     store: Arc<dyn ObjectStore>,
-    /// Signs download URLs, where the service supports it (S3).
+    /// Signs download URLs, where the service supports it (S3, Azure, GCS).
     signer: Option<Arc<dyn object_store::signer::Signer>>,
     prefix: Path,
     hash_progress: HashProgress,
+    /// Whether a server-side copy is complete when the service answers. Azure
+    /// may finish a Copy Blob later, and deleting the source then would lose
+    /// the copy, so there a one-chunk upload is streamed like a multi-chunk one.
+    copy_is_synchronous: bool,
 }
 
 /// Settings for an S3-compatible service. Empty fields fall back to the
@@ -71,6 +76,103 @@ pub fn retry_policy() -> object_store::RetryConfig {
     }
 }
 
+/// One kind of storage URL: `SCHEME://BUCKET[/PREFIX]`.
+struct UrlForm {
+    /// The schemes accepted, with their `://`.
+    schemes: &'static [&'static str],
+    /// What the service calls the first component.
+    bucket: &'static str,
+    /// The form to suggest in errors.
+    expected: &'static str,
+}
+
+const S3_URL: UrlForm = UrlForm {
+    schemes: &["s3://"],
+    bucket: "bucket",
+    expected: "s3://BUCKET[/PREFIX]",
+};
+
+const AZURE_URL: UrlForm = UrlForm {
+    schemes: &["az://", "azure://"],
+    bucket: "container",
+    expected: "az://CONTAINER[/PREFIX]",
+};
+
+const GCS_URL: UrlForm = UrlForm {
+    schemes: &["gs://"],
+    bucket: "bucket",
+    expected: "gs://BUCKET[/PREFIX]",
+};
+
+/// What to set for Azure Blob Storage, for error messages.
+const AZURE_VARIABLES: &str = "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY \
+    (or AZURE_STORAGE_SAS_KEY, AZURE_STORAGE_TOKEN, or AZURE_CLIENT_ID, AZURE_CLIENT_SECRET \
+    and AZURE_TENANT_ID of a service principal; with none of them, the managed identity of \
+    the Azure VM is used), AZURE_STORAGE_ENDPOINT for an endpoint other than \
+    https://ACCOUNT.blob.core.windows.net, or AZURE_STORAGE_USE_EMULATOR=true for Azurite";
+
+/// What to set for Google Cloud Storage, for error messages.
+const GCS_VARIABLES: &str = "GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT_PATH \
+    to a service account key file, or GOOGLE_SERVICE_ACCOUNT_KEY to the key's JSON \
+    (`gcloud auth application-default login` also works); on Google Compute Engine or GKE, \
+    set GCE_METADATA_HOST=metadata.google.internal to use the instance's service account";
+
+/// The variables that name Google Cloud credentials, or that opt in to the
+/// metadata server of Compute Engine and GKE.
+const GCS_CREDENTIAL_VARIABLES: &[&str] = &[
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_SERVICE_ACCOUNT_PATH",
+    "GOOGLE_SERVICE_ACCOUNT_KEY",
+    "SERVICE_ACCOUNT",
+    "GCE_METADATA_HOST",
+    "GCE_METADATA_ROOT",
+    "GCE_METADATA_IP",
+];
+
+/// Whether Google Cloud credentials are configured: a variable names them,
+/// or `gcloud auth application-default login` left its file. Without any,
+/// `object_store` would ask the Compute Engine metadata server at every
+/// request, which outside Google Cloud fails slowly and obscurely; so that
+/// server is used only when a `GCE_METADATA_*` variable asks for it.
+fn gcs_credentials_configured(variable: impl Fn(&str) -> Option<std::ffi::OsString>) -> bool {
+    let set = |name: &str| variable(name).is_some_and(|value| !value.is_empty());
+    if GCS_CREDENTIAL_VARIABLES.iter().any(|name| set(name)) {
+        return true;
+    }
+    variable("HOME").is_some_and(|home| {
+        std::path::Path::new(&home)
+            .join(".config/gcloud/application_default_credentials.json")
+            .exists()
+    })
+}
+
+/// Splits a storage URL into its bucket (or container) and its prefix.
+fn split_storage_url<'a>(
+    url: &'a str,
+    form: &UrlForm,
+) -> std::result::Result<(&'a str, &'a str), String> {
+    let rest = form
+        .schemes
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme))
+        .ok_or_else(|| {
+            format!(
+                "storage URL {url:?} does not start with {}; use {}",
+                form.schemes.join(" or "),
+                form.expected
+            )
+        })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!(
+            "storage URL {url:?} names no {}; use {}",
+            form.bucket, form.expected
+        ));
+    }
+    Ok((bucket, prefix))
+}
+
 impl ObjectBlobStore {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         ObjectBlobStore {
@@ -78,6 +180,7 @@ impl ObjectBlobStore {
             signer: None,
             prefix: Path::from(prefix.trim_matches('/')),
             hash_progress: HashProgress::default(),
+            copy_is_synchronous: true,
         }
     }
 
@@ -88,15 +191,7 @@ impl ObjectBlobStore {
 
     /// Opens `s3://BUCKET[/PREFIX]`.
     pub fn s3(url: &str, settings: &S3Settings) -> std::result::Result<Self, String> {
-        let rest = url
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("storage URL {url:?} does not start with s3://"))?;
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!(
-                "storage URL {url:?} names no bucket; use s3://BUCKET[/PREFIX]"
-            ));
-        }
+        let (bucket, prefix) = split_storage_url(url, &S3_URL)?;
         let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
         let from_environment =
             |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
@@ -122,6 +217,55 @@ impl ObjectBlobStore {
         let store = builder.build().map_err(|error| {
             format!("cannot configure S3 storage for bucket {bucket:?}: {error}")
         })?;
+        let store = Arc::new(store);
+        let mut blob_store = Self::new(store.clone(), prefix);
+        blob_store.signer = Some(store);
+        Ok(blob_store)
+    }
+
+    /// Opens `az://CONTAINER[/PREFIX]` (or `azure://`) on Azure Blob Storage.
+    /// The account, its credentials and the endpoint come from the standard
+    /// `AZURE_STORAGE_*` variables; the container must exist.
+    pub fn azure(url: &str) -> std::result::Result<Self, String> {
+        let (container, prefix) = split_storage_url(url, &AZURE_URL)?;
+        let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+            .with_container_name(container)
+            .with_retry(retry_policy())
+            .build()
+            .map_err(|error| {
+                format!(
+                    "cannot configure Azure Blob storage for {url:?}: {error}; set {AZURE_VARIABLES}"
+                )
+            })?;
+        let store = Arc::new(store);
+        let mut blob_store = Self::new(store.clone(), prefix);
+        // Signing needs the account key or a token for a user delegation key;
+        // with other credentials (a SAS) it fails when a URL is asked for.
+        blob_store.signer = Some(store);
+        blob_store.copy_is_synchronous = false;
+        Ok(blob_store)
+    }
+
+    /// Opens `gs://BUCKET[/PREFIX]` on Google Cloud Storage, with the
+    /// credentials that the standard `GOOGLE_*` variables name. Refused when
+    /// none are configured (see `gcs_credentials_configured`).
+    pub fn gcs(url: &str) -> std::result::Result<Self, String> {
+        let (bucket, prefix) = split_storage_url(url, &GCS_URL)?;
+        if !gcs_credentials_configured(|name| std::env::var_os(name)) {
+            return Err(format!(
+                "storage URL {url:?} needs Google Cloud credentials, and none are configured; \
+                 set {GCS_VARIABLES}"
+            ));
+        }
+        let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+            .with_bucket_name(bucket)
+            .with_retry(retry_policy())
+            .build()
+            .map_err(|error| {
+                format!(
+                    "cannot configure Google Cloud Storage for {url:?}: {error}; set {GCS_VARIABLES}"
+                )
+            })?;
         let store = Arc::new(store);
         let mut blob_store = Self::new(store.clone(), prefix);
         blob_store.signer = Some(store);
@@ -384,7 +528,7 @@ impl BlobStore for ObjectBlobStore {
                         .await
                         .map_err(storage_error)?;
                 }
-                [(only, _)] => {
+                [(only, _)] if self.copy_is_synchronous => {
                     self.store
                         .copy(only, &target)
                         .await
@@ -468,5 +612,165 @@ mod tests {
         let memory: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         crate::suite::run(move || Box::new(ObjectBlobStore::new(memory.clone(), "some/prefix")))
             .await;
+    }
+
+    #[test]
+    fn storage_urls_split_into_bucket_and_prefix() {
+        let split = |url, form| split_storage_url(url, form).unwrap();
+        assert_eq!(split("s3://bucket", &S3_URL), ("bucket", ""));
+        assert_eq!(split("s3://bucket/a/b", &S3_URL), ("bucket", "a/b"));
+        assert_eq!(
+            split("az://container/prefix", &AZURE_URL),
+            ("container", "prefix")
+        );
+        assert_eq!(split("azure://container/", &AZURE_URL), ("container", ""));
+        assert_eq!(
+            split("gs://bucket/registry", &GCS_URL),
+            ("bucket", "registry")
+        );
+
+        let error = split_storage_url("gs:///registry", &GCS_URL).unwrap_err();
+        assert_eq!(
+            error,
+            r#"storage URL "gs:///registry" names no bucket; use gs://BUCKET[/PREFIX]"#
+        );
+        let error = ObjectBlobStore::azure("az://").err().unwrap();
+        assert_eq!(
+            error,
+            r#"storage URL "az://" names no container; use az://CONTAINER[/PREFIX]"#
+        );
+        let error = split_storage_url("s3:/bucket", &S3_URL).unwrap_err();
+        assert_eq!(
+            error,
+            r#"storage URL "s3:/bucket" does not start with s3://; use s3://BUCKET[/PREFIX]"#
+        );
+        let error = split_storage_url("abfs://container", &AZURE_URL).unwrap_err();
+        assert!(error.contains("az:// or azure://"), "{error}");
+    }
+
+    #[test]
+    fn gcs_credentials_come_from_variables_or_the_gcloud_file() {
+        let home = tempfile::tempdir().unwrap();
+        let environment = |pairs: Vec<(&'static str, std::ffi::OsString)>| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| value.clone())
+            }
+        };
+        let home_only = vec![("HOME", home.path().as_os_str().to_owned())];
+        assert!(!gcs_credentials_configured(environment(home_only.clone())));
+        assert!(!gcs_credentials_configured(environment(vec![(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "".into()
+        )])));
+        for name in GCS_CREDENTIAL_VARIABLES {
+            assert!(gcs_credentials_configured(environment(vec![(
+                name,
+                "/etc/key.json".into()
+            )])));
+        }
+        let gcloud = home.path().join(".config/gcloud");
+        std::fs::create_dir_all(&gcloud).unwrap();
+        std::fs::write(gcloud.join("application_default_credentials.json"), "{}").unwrap();
+        assert!(gcs_credentials_configured(environment(home_only)));
+    }
+
+    /// Without credentials, `gs://` is refused when the store is opened, not
+    /// at the first request (which would go to the Compute Engine metadata
+    /// server). Runs where this process has no Google Cloud credentials.
+    #[test]
+    fn gcs_without_credentials_names_the_url_and_the_variables() {
+        if gcs_credentials_configured(|name| std::env::var_os(name)) {
+            eprintln!("skipped: this environment has Google Cloud credentials");
+            return;
+        }
+        let error = ObjectBlobStore::gcs("gs://registry-bucket/kai")
+            .err()
+            .expect("gs:// without credentials is refused");
+        assert!(error.contains(r#""gs://registry-bucket/kai""#), "{error}");
+        for variable in [
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+            "GCE_METADATA_HOST",
+        ] {
+            assert!(error.contains(variable), "{error}");
+        }
+    }
+
+    /// Without an account, `az://` names the URL and the variables to set.
+    /// Runs where no Azure account is configured (not under Azurite).
+    #[test]
+    fn azure_without_an_account_names_the_url_and_the_variables() {
+        let configured = ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_USE_EMULATOR"]
+            .iter()
+            .any(|name| std::env::var_os(name).is_some());
+        if configured {
+            eprintln!("skipped: this environment configures an Azure account");
+            return;
+        }
+        let error = ObjectBlobStore::azure("azure://container/kai")
+            .err()
+            .expect("az:// without an account is refused");
+        assert!(error.contains(r#""azure://container/kai""#), "{error}");
+        assert!(error.contains("AZURE_STORAGE_ACCOUNT_NAME"), "{error}");
+        assert!(error.contains("AZURE_STORAGE_ACCOUNT_KEY"), "{error}");
+    }
+}
+
+/// The shared suite against a real Azure Blob service: Azurite, which
+/// `scripts/backends.sh` starts and names in `KAI_TEST_AZURE_CONTAINER` (with
+/// the `AZURE_STORAGE_*` variables). Without it the test says why it skips;
+/// under `CI=true` it fails instead.
+#[cfg(test)]
+mod azure {
+    use super::*;
+
+    fn test_container() -> Option<String> {
+        let container = std::env::var("KAI_TEST_AZURE_CONTAINER").ok();
+        if container.is_none() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but KAI_TEST_AZURE_CONTAINER is not set: run the tests through scripts/test"
+            );
+            eprintln!(
+                "skipped: needs Azurite (source scripts/backends.sh and run backends_start_azurite)"
+            );
+        }
+        container
+    }
+
+    /// A fresh prefix in the test container, so runs never see each other's blobs.
+    fn fresh_url(container: &str) -> String {
+        format!(
+            "az://{container}/kai-storage-test-{}",
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    #[tokio::test]
+    async fn shared_suite() {
+        let Some(container) = test_container() else {
+            return;
+        };
+        let url = fresh_url(&container);
+        crate::suite::run(move || Box::new(ObjectBlobStore::azure(&url).unwrap())).await;
+    }
+
+    #[tokio::test]
+    async fn download_urls_are_signed() {
+        let Some(container) = test_container() else {
+            return;
+        };
+        let store = ObjectBlobStore::azure(&fresh_url(&container)).unwrap();
+        let digest = Digest::sha256_of(b"signed");
+        let url = store
+            .download_url(&digest, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("Azure signs download URLs");
+        assert!(url.contains(digest.hex()), "{url}");
+        assert!(url.contains("sig="), "{url}");
     }
 }

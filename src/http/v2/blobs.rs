@@ -120,14 +120,24 @@ pub async fn get(
     }
     if range.is_none() && state.config.s3.redirect {
         let valid_for = std::time::Duration::from_secs(300);
-        if let Some(url) = state.blobs.download_url(digest, valid_for).await? {
-            return Response::builder()
-                .status(StatusCode::TEMPORARY_REDIRECT)
-                .header("location", header(url))
-                .header("docker-content-digest", header(digest.to_string()))
-                .header("content-length", 0)
-                .body(Body::empty())
-                .map_err(ApiError::internal);
+        match state.blobs.download_url(digest, valid_for).await {
+            Ok(Some(url)) => {
+                return Response::builder()
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    .header("location", header(url))
+                    .header("docker-content-digest", header(digest.to_string()))
+                    .header("content-length", 0)
+                    .body(Body::empty())
+                    .map_err(ApiError::internal);
+            }
+            Ok(None) => {}
+            // The bytes can still pass through Kai: a signing failure (say,
+            // credentials that cannot sign) must not fail the pull.
+            Err(error) => tracing::warn!(
+                %digest,
+                error = %error,
+                "cannot sign a download URL; serving the blob directly (check the storage credentials or turn [s3] redirect off)"
+            ),
         }
     }
     let Some(stream) = state.blobs.read_blob(digest, range).await? else {
