@@ -26,8 +26,13 @@ use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Wr
 const READ_CHUNK: usize = 512 * 1024;
 /// How many bytes the upload writer gathers before a write system call.
 const WRITE_BUFFER: usize = 1024 * 1024;
-/// How many received chunks may wait for the writer thread.
-const WRITE_QUEUE: usize = 64;
+/// How many received chunks may wait for the writer and for the hasher. A
+/// chunk is at most a few hundred KiB (hyper's read buffer), so this bounds
+/// the memory one upload holds to a few MiB whatever the blob size.
+const WRITE_QUEUE: usize = 8;
+/// How many written bytes accumulate before the kernel is asked to start
+/// writing them back, so the fsync at the end finds little left to do.
+const WRITEBACK_STEP: u64 = 2 * 1024 * 1024;
 
 pub struct FilesystemStore {
     root: PathBuf,
@@ -84,6 +89,79 @@ fn open_upload(path: &Path) -> Result<File> {
             io::ErrorKind::NotFound => StorageError::UploadUnknown,
             _ => StorageError::Io(error),
         })
+}
+
+/// An upload file being appended to: writes gathered into large system calls,
+/// and, once `WRITEBACK_STEP` bytes are written, a helper thread that keeps
+/// syncing the file while the writes go on. The disk then works while the
+/// network is still delivering, and the final `sync_data` is short.
+struct WritebackFile {
+    output: BufWriter<File>,
+    written: u64,
+    unsynced: u64,
+    syncer: Option<Syncer>,
+}
+
+/// A thread that syncs a file each time it is woken.
+struct Syncer {
+    wake: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl WritebackFile {
+    fn new(file: File) -> Self {
+        WritebackFile {
+            output: BufWriter::with_capacity(WRITE_BUFFER, file),
+            written: 0,
+            unsynced: 0,
+            syncer: None,
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.output.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        self.unsynced += bytes.len() as u64;
+        if self.unsynced >= WRITEBACK_STEP {
+            self.unsynced = 0;
+            self.output.flush()?;
+            if self.syncer.is_none() {
+                let file = self.output.get_ref().try_clone()?;
+                let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+                let thread = std::thread::Builder::new()
+                    .name("kai-writeback".into())
+                    .spawn(move || -> io::Result<()> {
+                        while woken.recv().is_ok() {
+                            file.sync_data()?;
+                        }
+                        Ok(())
+                    })?;
+                self.syncer = Some(Syncer { wake, thread });
+            }
+            if let Some(syncer) = &self.syncer {
+                // A sync already pending covers these bytes too.
+                let _ = syncer.wake.try_send(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs the file; returns the bytes written.
+    fn finish(self) -> Result<u64> {
+        let written = self.written;
+        let file = self
+            .output
+            .into_inner()
+            .map_err(|error| error.into_error())?;
+        if let Some(Syncer { wake, thread }) = self.syncer {
+            drop(wake);
+            thread
+                .join()
+                .map_err(|_| io::Error::other("the writeback thread panicked"))??;
+        }
+        file.sync_data()?;
+        Ok(written)
+    }
 }
 
 /// Hashes the first `size` bytes of `file` with `algorithm`.
@@ -173,39 +251,44 @@ impl BlobStore for FilesystemStore {
     ) -> Result<Written> {
         let path = self.upload_path(upload);
         let hasher = self.hash_progress.take(upload, offset);
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
 
-        // Hashing and writing run on a blocking thread while this task keeps
-        // reading the network, so the two overlap.
-        let writer =
-            tokio::task::spawn_blocking(move || -> Result<(u64, Option<ContentHasher>)> {
-                let mut file = open_upload(&path)?;
-                let length = file.metadata()?.len();
-                if length < offset {
-                    return Err(StorageError::UploadDataLost {
-                        expected: offset,
-                        actual: length,
-                    });
-                }
-                if length > offset {
-                    // Left over from a write that was never acknowledged.
-                    file.set_len(offset)?;
-                }
-                file.seek(SeekFrom::Start(offset))?;
-                let mut hasher = hasher;
-                let mut output = BufWriter::with_capacity(WRITE_BUFFER, file);
-                let mut written = 0u64;
-                while let Some(chunk) = receiver.blocking_recv() {
-                    if let Some(hasher) = hasher.as_mut() {
+        // Three stages overlap: this task reads the network; one blocking
+        // thread writes the file, another hashes. Both get every chunk (a
+        // `Bytes` clone shares the buffer).
+        let (to_writer, mut writer_queue) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
+            let mut file = open_upload(&path)?;
+            let length = file.metadata()?.len();
+            if length < offset {
+                return Err(StorageError::UploadDataLost {
+                    expected: offset,
+                    actual: length,
+                });
+            }
+            if length > offset {
+                // Left over from a write that was never acknowledged.
+                file.set_len(offset)?;
+            }
+            file.seek(SeekFrom::Start(offset))?;
+            let mut output = WritebackFile::new(file);
+            while let Some(chunk) = writer_queue.blocking_recv() {
+                output.write_all(&chunk)?;
+            }
+            output.finish()
+        });
+        let (to_hasher, hashing) = match hasher {
+            Some(mut hasher) => {
+                let (sender, mut queue) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+                let hashing = tokio::task::spawn_blocking(move || {
+                    while let Some(chunk) = queue.blocking_recv() {
                         hasher.update(&chunk);
                     }
-                    output.write_all(&chunk)?;
-                    written += chunk.len() as u64;
-                }
-                let file = output.into_inner().map_err(|error| error.into_error())?;
-                file.sync_data()?;
-                Ok((written, hasher))
-            });
+                    hasher
+                });
+                (Some(sender), Some(hashing))
+            }
+            None => (None, None),
+        };
 
         let mut received = 0u64;
         let mut failure = None;
@@ -219,7 +302,11 @@ impl BlobStore for FilesystemStore {
                             break;
                         }
                     }
-                    if sender.send(chunk).await.is_err() {
+                    if let Some(to_hasher) = &to_hasher {
+                        // The hasher only ends when its queue closes.
+                        let _ = to_hasher.send(chunk.clone()).await;
+                    }
+                    if to_writer.send(chunk).await.is_err() {
                         // The writer stopped early; its own error is reported below.
                         break;
                     }
@@ -230,13 +317,18 @@ impl BlobStore for FilesystemStore {
                 }
             }
         }
-        drop(sender);
+        drop(to_writer);
+        drop(to_hasher);
         let outcome = writer.await.map_err(io::Error::other)?;
+        let hasher = match hashing {
+            Some(hashing) => Some(hashing.await.map_err(io::Error::other)?),
+            None => None,
+        };
         if let Some(failure) = failure {
             // The bytes written are not acknowledged; the next write truncates them.
             return Err(failure);
         }
-        let (written, hasher) = outcome?;
+        let written = outcome?;
         let size = offset + written;
         if let Some(hasher) = hasher {
             self.hash_progress.keep(upload, size, hasher);
