@@ -8,13 +8,17 @@
 //! run in one transaction, so a crash leaves either all of it or none.
 
 pub mod accounts;
+mod group_commit;
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use kai_oci::{Digest, RepositoryName};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Connection, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use group_commit::GroupCommitter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -22,6 +26,9 @@ pub enum MetaError {
     Database(#[from] sqlx::Error),
     #[error("metadata database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A write ran but the transaction holding it did not commit.
+    #[error("metadata write not committed: {0}")]
+    NotCommitted(String),
     #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
 }
@@ -134,12 +141,14 @@ pub struct Upload {
 }
 
 /// The metadata store. SQLite gets a single writer connection (SQLite admits one
-/// writer at a time; queuing in the pool is cheaper than lock retries) and
-/// several reader connections.
+/// writer at a time; queuing in the pool is cheaper than lock retries), whose
+/// frequent small writes are group-committed, and several reader connections.
 #[derive(Clone)]
 pub struct MetaStore {
     reader: AnyPool,
     writer: AnyPool,
+    /// SQLite only: commits concurrent writes together (see `group_commit`).
+    grouped: Option<GroupCommitter>,
 }
 
 impl MetaStore {
@@ -187,7 +196,11 @@ impl MetaStore {
             .max_connections(8)
             .connect_with(options)
             .await?;
-        Ok(MetaStore { reader, writer })
+        Ok(MetaStore {
+            reader,
+            grouped: Some(GroupCommitter::start(writer.clone())),
+            writer,
+        })
     }
 
     async fn open_postgres(url: &str) -> Result<Self> {
@@ -201,7 +214,25 @@ impl MetaStore {
         Ok(MetaStore {
             reader: pool.clone(),
             writer: pool,
+            grouped: None,
         })
+    }
+
+    /// Runs `write` in a write transaction and returns its result once the
+    /// transaction is committed; if `write` fails, none of it is kept. On
+    /// SQLite the transaction may be shared with other concurrent writes.
+    async fn write<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        if let Some(committer) = &self.grouped {
+            return committer.write(write).await;
+        }
+        let mut transaction = self.writer.begin().await?;
+        let value = write(&mut transaction).await?;
+        transaction.commit().await?;
+        Ok(value)
     }
 
     /// Checks that the database answers.
@@ -270,31 +301,37 @@ impl MetaStore {
         upload: Option<&str>,
     ) -> Result<()> {
         let now = now();
-        let mut transaction = self.writer.begin().await?;
-        if let Some(upload) = upload {
-            sqlx::query("DELETE FROM uploads WHERE id = $1")
-                .bind(upload)
-                .execute(&mut *transaction)
+        let repository = repository.as_str().to_owned();
+        let digest = digest.to_string();
+        let upload = upload.map(str::to_owned);
+        self.write(move |connection| {
+            Box::pin(async move {
+                if let Some(upload) = upload {
+                    sqlx::query("DELETE FROM uploads WHERE id = $1")
+                        .bind(upload)
+                        .execute(&mut *connection)
+                        .await?;
+                }
+                ensure_repository(connection, &repository, now).await?;
+                sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+                    .bind(&digest)
+                    .bind(size as i64)
+                    .bind(now)
+                    .execute(&mut *connection)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (repository, digest) DO NOTHING",
+                )
+                .bind(&repository)
+                .bind(&digest)
+                .bind(now)
+                .execute(&mut *connection)
                 .await?;
-        }
-        ensure_repository(&mut transaction, repository, now).await?;
-        sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(digest.to_string())
-            .bind(size as i64)
-            .bind(now)
-            .execute(&mut *transaction)
-            .await?;
-        sqlx::query(
-            "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (repository, digest) DO NOTHING",
-        )
-        .bind(repository.as_str())
-        .bind(digest.to_string())
-        .bind(now)
-        .execute(&mut *transaction)
-        .await?;
-        transaction.commit().await?;
-        Ok(())
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Makes a blob visible in `repository`, if `from` may see it. Returns the
@@ -464,7 +501,7 @@ impl MetaStore {
                 Some(_) => {}
             }
         }
-        ensure_repository(&mut transaction, manifest.repository, now).await?;
+        ensure_repository(&mut transaction, manifest.repository.as_str(), now).await?;
         let digest = manifest.digest.to_string();
         let inserted = sqlx::query(
             "INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
@@ -632,13 +669,19 @@ impl MetaStore {
 
     pub async fn create_upload(&self, id: &str, repository: &RepositoryName) -> Result<()> {
         let now = now();
-        sqlx::query("INSERT INTO uploads (id, repository, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")
-            .bind(id)
-            .bind(repository.as_str())
-            .bind(now)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        let (id, repository) = (id.to_owned(), repository.as_str().to_owned());
+        self.write(move |connection| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO uploads (id, repository, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")
+                    .bind(id)
+                    .bind(repository)
+                    .bind(now)
+                    .execute(connection)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
@@ -660,25 +703,37 @@ impl MetaStore {
     /// Moves an upload's acknowledged size from `from` to `to`. Returns false
     /// when another request changed it first (or the upload is gone).
     pub async fn advance_upload(&self, id: &str, from: u64, to: u64) -> Result<bool> {
-        let updated = sqlx::query(
-            "UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4",
-        )
-        .bind(to as i64)
-        .bind(now())
-        .bind(id)
-        .bind(from as i64)
-        .execute(&self.writer)
-        .await?;
-        Ok(updated.rows_affected() > 0)
+        let (id, now) = (id.to_owned(), now());
+        self.write(move |connection| {
+            Box::pin(async move {
+                let updated = sqlx::query(
+                    "UPDATE uploads SET size = $1, updated_at = $2 WHERE id = $3 AND size = $4",
+                )
+                .bind(to as i64)
+                .bind(now)
+                .bind(id)
+                .bind(from as i64)
+                .execute(connection)
+                .await?;
+                Ok(updated.rows_affected() > 0)
+            })
+        })
+        .await
     }
 
     /// Removes an upload session. Returns whether it existed.
     pub async fn delete_upload(&self, id: &str) -> Result<bool> {
-        let deleted = sqlx::query("DELETE FROM uploads WHERE id = $1")
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(deleted.rows_affected() > 0)
+        let id = id.to_owned();
+        self.write(move |connection| {
+            Box::pin(async move {
+                let deleted = sqlx::query("DELETE FROM uploads WHERE id = $1")
+                    .bind(id)
+                    .execute(connection)
+                    .await?;
+                Ok(deleted.rows_affected() > 0)
+            })
+        })
+        .await
     }
 
     /// Uploads not written to since `before` (unix seconds).
@@ -700,16 +755,16 @@ fn stored_manifest(row: sqlx::any::AnyRow) -> StoredManifest {
 }
 
 async fn ensure_repository(
-    transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
-    repository: &RepositoryName,
+    connection: &mut AnyConnection,
+    repository: &str,
     now: i64,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO repositories (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
     )
-    .bind(repository.as_str())
+    .bind(repository)
     .bind(now)
-    .execute(&mut **transaction)
+    .execute(connection)
     .await?;
     Ok(())
 }
@@ -736,7 +791,47 @@ pub fn unix_now() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, MetaStore};
+    use kai_oci::RepositoryName;
+
+    /// Concurrent writes on SQLite share transactions; a write that fails
+    /// (here: a duplicate upload id) must fail alone, and every other write
+    /// must be committed and visible afterwards, also to a fresh connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn grouped_writes_fail_alone_and_the_rest_commit() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/kai.db", directory.path().display());
+        let meta = MetaStore::open(&url).await.unwrap();
+        let repository: RepositoryName = "group/commit".parse().unwrap();
+        meta.create_upload("taken", &repository).await.unwrap();
+        let writes = (0..200).map(|index| {
+            let (meta, repository) = (meta.clone(), repository.clone());
+            tokio::spawn(async move {
+                let id = if index % 50 == 7 {
+                    "taken".to_owned()
+                } else {
+                    format!("upload-{index}")
+                };
+                (index, meta.create_upload(&id, &repository).await)
+            })
+        });
+        let outcomes = futures::future::join_all(writes).await;
+        for outcome in outcomes {
+            let (index, result) = outcome.unwrap();
+            if index % 50 == 7 {
+                let error = result.expect_err("a duplicate id is refused");
+                assert!(error.to_string().contains("UNIQUE"), "{error}");
+            } else {
+                result.unwrap();
+            }
+        }
+        meta.close().await;
+        let reopened = MetaStore::open(&url).await.unwrap();
+        for index in (0..200).filter(|index| index % 50 != 7) {
+            let upload = reopened.upload(&format!("upload-{index}")).await.unwrap();
+            assert!(upload.is_some(), "upload-{index} was committed");
+        }
+    }
 
     #[test]
     fn passwords_never_reach_messages() {
