@@ -128,8 +128,23 @@ async fn session(
     }
 }
 
+/// Whether `receive` records the new size in the session.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acknowledge {
+    /// A chunk (PATCH): the session's size moves on, so the next chunk or a
+    /// retry, on any replica, knows where to continue.
+    Size,
+    /// The last bytes before `complete`, which ends the session in the same
+    /// transaction that links the blob: recording the size first would only
+    /// cost a commit. If the completion fails, the bytes stay unacknowledged
+    /// and a retry writes them again at the session's recorded size.
+    Nothing,
+}
+
 /// Appends the request body to the upload, checking `Content-Range` and
-/// `Content-Length`, and acknowledges the new size. Returns it.
+/// `Content-Length`, and (with `Acknowledge::Size`) records the new size.
+/// Returns it.
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     state: &AppState,
     name: &RepositoryName,
@@ -138,6 +153,7 @@ async fn receive(
     size: u64,
     headers: &HeaderMap,
     body: Body,
+    acknowledge: Acknowledge,
 ) -> Result<u64, ApiError> {
     let declared_length = content_length(headers);
     let range = content_range(headers)?;
@@ -177,10 +193,11 @@ async fn receive(
             });
         }
     }
-    if !state
-        .meta
-        .advance_upload(upload.as_str(), size, written.size)
-        .await?
+    if acknowledge == Acknowledge::Size
+        && !state
+            .meta
+            .advance_upload(upload.as_str(), size, written.size)
+            .await?
     {
         let current = session(state, name, upload, auth).await?.size;
         return Err(ApiError::ChunkOutOfOrder {
@@ -277,7 +294,17 @@ pub async fn start(
         let (parts, body) = request.into_parts();
         let upload = open_session(state, name, auth).await?;
         let outcome = async {
-            let size = receive(state, name, &upload, auth, 0, &parts.headers, body).await?;
+            let size = receive(
+                state,
+                name,
+                &upload,
+                auth,
+                0,
+                &parts.headers,
+                body,
+                Acknowledge::Nothing,
+            )
+            .await?;
             complete(state, name, &upload, size, &digest).await
         }
         .await;
@@ -325,6 +352,7 @@ pub async fn patch(
         session.size,
         &parts.headers,
         body,
+        Acknowledge::Size,
     )
     .await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, upload, size))
@@ -354,6 +382,7 @@ pub async fn finish(
         session.size,
         &parts.headers,
         body,
+        Acknowledge::Nothing,
     )
     .await?;
     complete(state, name, upload, size, &digest).await
