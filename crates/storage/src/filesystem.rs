@@ -12,18 +12,17 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use kai_oci::{ContentHasher, Digest, DigestAlgorithm};
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncSeekExt;
 
 use crate::progress::HashProgress;
 use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Written};
 
 /// How many bytes one read of a blob file asks for.
-const READ_CHUNK: usize = 512 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 /// How many bytes the upload writer gathers before a write system call.
 const WRITE_BUFFER: usize = 1024 * 1024;
 /// How many received chunks may wait for the writer and for the hasher. A
@@ -210,6 +209,42 @@ impl FilesystemStore {
     }
 }
 
+/// The bytes `start..end` of `file` as a stream of `READ_CHUNK` pieces, each
+/// read by a positioned read on the blocking pool. The next piece is read
+/// while the current one is being sent, and no thread is held in between, so
+/// a slow client costs no thread.
+fn read_ahead(file: Arc<File>, start: u64, end: u64) -> ByteStream {
+    use std::os::unix::fs::FileExt;
+    type Pending = tokio::task::JoinHandle<io::Result<Bytes>>;
+    let read = move |offset: u64| -> Option<(Pending, u64)> {
+        if offset >= end {
+            return None;
+        }
+        let length = (end - offset).min(READ_CHUNK as u64);
+        let file = file.clone();
+        let pending = tokio::task::spawn_blocking(move || {
+            let mut buffer = vec![0u8; length as usize];
+            file.read_exact_at(&mut buffer, offset)?;
+            Ok(Bytes::from(buffer))
+        });
+        Some((pending, offset + length))
+    };
+    let first = read(start);
+    futures::stream::unfold(first, move |pending| {
+        let read = read.clone();
+        async move {
+            let (pending, next_offset) = pending?;
+            let chunk = match pending.await {
+                Ok(Ok(chunk)) => chunk,
+                Ok(Err(error)) => return Some((Err(error), None)),
+                Err(error) => return Some((Err(io::Error::other(error)), None)),
+            };
+            Some((Ok(chunk), read(next_offset)))
+        }
+    })
+    .boxed()
+}
+
 /// Opens an upload's staged file to write at `offset`: the acknowledged size.
 /// Bytes past it, from a write that was never acknowledged, are cut off.
 fn open_upload_at(path: &Path, offset: u64) -> Result<File> {
@@ -269,22 +304,27 @@ impl BlobStore for FilesystemStore {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<Option<ByteStream>> {
-        let mut file = match tokio::fs::File::open(self.blob_path(digest)).await {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        let length = match range {
-            Some(range) => {
-                file.seek(SeekFrom::Start(range.start)).await?;
-                range.len()
+        let path = self.blob_path(digest);
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<Option<(File, u64)>> {
+            match File::open(path) {
+                Ok(file) => {
+                    let size = file.metadata()?.len();
+                    Ok(Some((file, size)))
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(error) => Err(error),
             }
-            None => file.metadata().await?.len(),
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let Some((file, size)) = opened else {
+            return Ok(None);
         };
-        let reader = file.take(length);
-        Ok(Some(
-            tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK).boxed(),
-        ))
+        let (start, end) = match range {
+            Some(range) => (range.start, range.end + 1),
+            None => (0, size),
+        };
+        Ok(Some(read_ahead(Arc::new(file), start, end)))
     }
 
     async fn delete_blob(&self, digest: &Digest) -> Result<()> {
