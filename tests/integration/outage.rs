@@ -5,51 +5,60 @@
 //! back. Needs the scale-out backends (see `common::scale_out_backends`).
 //!
 //! The registry reaches the backend through `OutageProxy`, a TCP forwarder the
-//! test can stop and start: stopped, it closes every open connection and
-//! refuses new ones, which is what the registry sees of a stopped server.
+//! test can stop and start: stopped, it drops every open connection and
+//! closes new ones at once, which is what the registry sees of a server that
+//! went away (the port stays bound, so no other process can take it).
 //! The real servers stay up for the other tests running beside this one.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::common::*;
 
-/// A TCP forwarder to `target` on a fixed loopback port, which can be stopped
-/// (connections reset, port closed) and started again.
+/// A TCP forwarder to `target` on a loopback port, which can be stopped
+/// (every connection reset, new ones closed at once) and started again. The
+/// port stays bound throughout, so nothing else can take it meanwhile.
 struct OutageProxy {
     address: SocketAddr,
     running: watch::Sender<bool>,
+    /// Connections being forwarded now.
+    open: Arc<AtomicUsize>,
 }
 
 impl OutageProxy {
     async fn start(target: SocketAddr) -> OutageProxy {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = probe.local_addr().unwrap();
-        drop(probe);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
         let (running, control) = watch::channel(true);
-        tokio::spawn(forward_while_running(address, target, control));
-        // The port is open once a connection succeeds.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(address).await.is_err() {
-            assert!(Instant::now() < deadline, "the outage proxy did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let open = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(forward_while_running(
+            listener,
+            target,
+            control,
+            open.clone(),
+        ));
+        OutageProxy {
+            address,
+            running,
+            open,
         }
-        OutageProxy { address, running }
     }
 
-    /// Closes every connection and refuses new ones until `resume`.
+    /// Resets every connection and refuses new ones until `resume`.
     async fn stop(&self) {
         self.running.send_replace(false);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(self.address).await.is_ok() {
+        while self.open.load(Ordering::SeqCst) > 0 {
             assert!(Instant::now() < deadline, "the outage proxy did not stop");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -67,52 +76,50 @@ impl Drop for OutageProxy {
 }
 
 async fn forward_while_running(
-    address: SocketAddr,
+    listener: TcpListener,
     target: SocketAddr,
     mut control: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
 ) {
+    let mut connections = JoinSet::new();
     loop {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket
-            .bind(address)
-            .expect("the outage proxy binds its port");
-        let listener = socket.listen(1024).unwrap();
-        let mut connections = JoinSet::new();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    if let Ok((client, _)) = accepted {
-                        connections.spawn(forward(client, target));
-                    }
+        tokio::select! {
+            accepted = listener.accept() => {
+                // While stopped, a new connection is closed at once.
+                if let (Ok((client, _)), true) = (accepted, *control.borrow()) {
+                    connections.spawn(forward(client, target, OpenConnection::new(&open)));
                 }
-                changed = control.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    if !*control.borrow() {
-                        break;
-                    }
+            }
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return;
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                if !*control.borrow() {
+                    connections.abort_all();
+                }
             }
-        }
-        // Stopped: the port closes and every connection is reset.
-        drop(listener);
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
-        loop {
-            if control.changed().await.is_err() {
-                return;
-            }
-            if *control.borrow() {
-                break;
-            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
 }
 
-async fn forward(mut client: TcpStream, target: SocketAddr) {
+/// Counts a forwarded connection while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn forward(mut client: TcpStream, target: SocketAddr, _open: OpenConnection) {
     let Ok(mut server) = TcpStream::connect(target).await else {
         return;
     };
