@@ -195,6 +195,40 @@ impl TestRegistry {
     }
 }
 
+/// With `[s3] redirect` on: a blob GET answers 307 to a signed URL of the
+/// object store (its query names `signature_marker`), following it yields the
+/// bytes, and a ranged GET is served by Kai itself.
+pub async fn blob_get_redirects_to_signed_url(
+    registry: &TestRegistry,
+    name: &str,
+    signature_marker: &str,
+) {
+    let bytes = b"served straight from the object store".repeat(100);
+    let digest = registry.push_blob(name, &bytes).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let path = format!("/v2/{name}/blobs/{digest}");
+    let response = client.get(registry.url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(header(&response, "docker-content-digest"), digest);
+    let location = header(&response, "location");
+    assert!(location.contains(signature_marker), "{location}");
+    // Following the redirect, as clients do, yields the blob.
+    let followed = registry.get(&path).await;
+    assert_eq!(followed.status(), StatusCode::OK);
+    assert_eq!(followed.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    let ranged = registry
+        .request(Method::GET, &path)
+        .header("range", "bytes=0-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &bytes[..6]);
+}
+
 /// Whether the scale-out backends (PostgreSQL and S3) are configured. Without
 /// them, tests that need them print why they skip; under CI they must be there.
 pub fn scale_out_backends() -> bool {
