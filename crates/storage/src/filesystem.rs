@@ -198,14 +198,7 @@ impl FilesystemStore {
         })
         .await
         .map_err(io::Error::other)??;
-        let size = offset + written;
-        if let Some(hasher) = hasher {
-            self.hash_progress.keep(upload, size, hasher);
-        }
-        Ok(Written {
-            bytes: written,
-            size,
-        })
+        Ok(self.hash_progress.wrote(upload, offset, written, hasher))
     }
 }
 
@@ -425,14 +418,7 @@ impl BlobStore for FilesystemStore {
             return Err(failure);
         }
         let written = outcome?;
-        let size = offset + written;
-        if let Some(hasher) = hasher {
-            self.hash_progress.keep(upload, size, hasher);
-        }
-        Ok(Written {
-            bytes: written,
-            size,
-        })
+        Ok(self.hash_progress.wrote(upload, offset, written, hasher))
     }
 
     async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()> {

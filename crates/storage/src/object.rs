@@ -485,14 +485,7 @@ impl BlobStore for ObjectBlobStore {
             });
         }
         writer.finish().await.map_err(storage_error)?;
-        let size = offset + written;
-        if let Some(hasher) = hasher {
-            self.hash_progress.keep(upload, size, hasher);
-        }
-        Ok(Written {
-            bytes: written,
-            size,
-        })
+        Ok(self.hash_progress.wrote(upload, offset, written, hasher))
     }
 
     async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()> {

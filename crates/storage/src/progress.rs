@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use kai_oci::ContentHasher;
 
-use crate::UploadId;
+use crate::{UploadId, Written};
 
 struct Entry {
     size: u64,
@@ -40,6 +40,22 @@ impl HashProgress {
     pub(crate) fn keep(&self, upload: &UploadId, size: u64, hasher: ContentHasher) {
         self.entries()
             .insert(upload.clone(), Entry { size, hasher });
+    }
+
+    /// After a write of `bytes` at `offset`: keeps the hash state that now
+    /// covers the upload (if there is one) and reports the write.
+    pub(crate) fn wrote(
+        &self,
+        upload: &UploadId,
+        offset: u64,
+        bytes: u64,
+        hasher: Option<ContentHasher>,
+    ) -> Written {
+        let size = offset + bytes;
+        if let Some(hasher) = hasher {
+            self.keep(upload, size, hasher);
+        }
+        Written { bytes, size }
     }
 
     pub(crate) fn forget(&self, upload: &UploadId) {
