@@ -91,6 +91,13 @@ impl ApiError {
         }
     }
 
+    pub fn storage_unavailable(cause: impl Into<anyhow::Error>) -> Self {
+        ApiError::Unavailable {
+            service: "blob storage",
+            cause: cause.into(),
+        }
+    }
+
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal(error.into())
     }
@@ -255,10 +262,9 @@ impl From<kai_storage::StorageError> for ApiError {
                 reason: format!("the body is longer than the {limit} bytes announced"),
             },
             StorageError::Io(cause) => ApiError::Internal(cause.into()),
-            StorageError::Unavailable(reason) => ApiError::Unavailable {
-                service: "blob storage",
-                cause: anyhow::anyhow!(reason),
-            },
+            StorageError::Unavailable(reason) => {
+                ApiError::storage_unavailable(anyhow::anyhow!(reason))
+            }
         }
     }
 }

@@ -38,14 +38,11 @@ async fn readiness(State(state): State<AppState>) -> Response {
         Ok(Err(error)) => return ApiError::database_unavailable(error).into_response(),
         Err(elapsed) => return ApiError::database_unavailable(elapsed).into_response(),
     }
+    // Whatever keeps a backend from answering, the replica is not ready.
     match tokio::time::timeout(limit, state.blobs.ping()).await {
         Ok(Ok(())) => "ready\n".into_response(),
-        Ok(Err(error)) => ApiError::from(error).into_response(),
-        Err(elapsed) => ApiError::Unavailable {
-            service: "blob storage",
-            cause: elapsed.into(),
-        }
-        .into_response(),
+        Ok(Err(error)) => ApiError::storage_unavailable(error).into_response(),
+        Err(elapsed) => ApiError::storage_unavailable(elapsed).into_response(),
     }
 }
 
