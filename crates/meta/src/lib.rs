@@ -174,28 +174,35 @@ impl MetaStore {
             format!("{url}?mode=rwc")
         };
         let options: AnyConnectOptions = url.parse()?;
-        let pool_options = || {
-            AnyPoolOptions::new().after_connect(|connection, _| {
+        // Every connection: WAL, durable commits, foreign keys. Readers also
+        // keep a small page cache: their queries touch a few pages each, the
+        // kernel's page cache holds the file anyway, and eight default
+        // caches (2 MiB each) would be most of the server's memory once the
+        // database is large.
+        let pool_options = |pragmas: &'static str| {
+            AnyPoolOptions::new().after_connect(move |connection, _| {
                 Box::pin(async move {
-                    connection
-                        .execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
+                    connection.execute(pragmas).await?;
                     Ok(())
                 })
             })
         };
-        let writer = pool_options()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
+        let writer = pool_options(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+        )
+        .max_connections(1)
+        .connect_with(options.clone())
+        .await?;
         SQLITE_MIGRATIONS.run(&writer).await?;
-        let reader = pool_options()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
+        let reader = pool_options(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+             PRAGMA cache_size = -512;",
+        )
+        .max_connections(8)
+        .connect_with(options)
+        .await?;
         Ok(MetaStore {
             reader,
             grouped: Some(GroupCommitter::start(writer.clone())),
