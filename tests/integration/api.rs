@@ -37,18 +37,7 @@ async fn monolithic_blob_push_then_head_get_and_ranges() {
     assert_eq!(header(&get, "docker-content-digest"), digest);
     assert_eq!(get.bytes().await.unwrap().as_ref(), bytes.as_slice());
 
-    let ranged = registry
-        .request(Method::GET, &path)
-        .header("range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        header(&ranged, "content-range"),
-        format!("bytes 10-19/{}", bytes.len())
-    );
-    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &bytes[10..20]);
+    assert_ranged_get(&registry, &path, &bytes, 10, 19).await;
 
     let suffix = registry
         .request(Method::GET, &path)

@@ -103,21 +103,7 @@ async fn chunked_blob_and_image_round_trip() {
     assert!(pulled.as_ref() == bytes.as_slice());
 
     // A range across the boundary between the first and second chunk.
-    let ranged = registry
-        .request(Method::GET, &path)
-        .header("range", "bytes=999990-1000009")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        header(&ranged, "content-range"),
-        format!("bytes 999990-1000009/{}", bytes.len())
-    );
-    assert_eq!(
-        ranged.bytes().await.unwrap().as_ref(),
-        &bytes[999_990..1_000_010]
-    );
+    assert_ranged_get(&registry, &path, &bytes, 999_990, 1_000_009).await;
 
     // An image: a config and a layer pushed monolithically, then its manifest.
     let layer = b"a layer stored in Azure Blob Storage".repeat(1000);

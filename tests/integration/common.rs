@@ -219,14 +219,31 @@ pub async fn blob_get_redirects_to_signed_url(
     let followed = registry.get(&path).await;
     assert_eq!(followed.status(), StatusCode::OK);
     assert_eq!(followed.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    // Ranges are served by Kai itself.
+    assert_ranged_get(registry, &path, &bytes, 0, 5).await;
+}
+
+/// `GET path` with `Range: bytes=start-end` answers 206 with the matching
+/// `Content-Range` and exactly those bytes of `blob`.
+pub async fn assert_ranged_get(
+    registry: &TestRegistry,
+    path: &str,
+    blob: &[u8],
+    start: usize,
+    end: usize,
+) {
     let ranged = registry
-        .request(Method::GET, &path)
-        .header("range", "bytes=0-5")
+        .request(Method::GET, path)
+        .header("range", format!("bytes={start}-{end}"))
         .send()
         .await
         .unwrap();
     assert_eq!(ranged.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &bytes[..6]);
+    assert_eq!(
+        header(&ranged, "content-range"),
+        format!("bytes {start}-{end}/{}", blob.len())
+    );
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), &blob[start..=end]);
 }
 
 /// Whether the scale-out backends (PostgreSQL and S3) are configured. Without
