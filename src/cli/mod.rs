@@ -144,6 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Overrides::default()
             })?;
             crate::server::init_logging(&config)?;
+            crate::memory::keep_resident_memory_low();
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(crate::server::serve(config))
         }

@@ -25,8 +25,10 @@ use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Wr
 const MAP_WINDOW: u64 = 1024 * 1024;
 /// How many bytes one read of a staged upload asks for when it is rehashed.
 const READ_CHUNK: usize = 1024 * 1024;
-/// How many bytes the upload writer gathers before a write system call.
-const WRITE_BUFFER: usize = 1024 * 1024;
+/// How many bytes the upload writer gathers from small received chunks before
+/// a write system call. A chunk at least this large is written straight from
+/// the received buffer, without a copy (`BufWriter` passes it through).
+const WRITE_BUFFER: usize = 64 * 1024;
 /// How many received chunks may wait for the writer and for the hasher. A
 /// chunk is at most a few hundred KiB (hyper's read buffer), so this bounds
 /// the memory one upload holds to a few MiB whatever the blob size.

@@ -1,0 +1,53 @@
+//! How `kai serve` keeps its resident memory close to what it uses.
+//!
+//! glibc's allocator gives each busy thread its own arena (up to eight per
+//! core) and keeps freed memory for reuse. A server with a runtime, a blocking
+//! pool and one thread per SQLite connection then holds on to its peak: after
+//! a burst of pushes or a large listing, tens of MiB stay resident though
+//! nothing uses them. So the server caps the arenas at two and returns free
+//! pages to the system once a second. Both only move memory between the
+//! allocator and the kernel; they change no result.
+//!
+//! Other C libraries (musl, in a static build) manage memory differently, and
+//! these calls do not exist there; then this module does nothing.
+
+use std::time::Duration;
+
+/// How often free heap pages are handed back to the system.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+/// How many malloc arenas the threads share.
+const ARENAS: i32 = 2;
+
+/// Caps the allocator's arenas and starts a thread that trims the heap once a
+/// `TRIM_INTERVAL`. Call once, before the runtime's threads start.
+pub fn keep_resident_memory_low() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    glibc::keep_resident_memory_low();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+mod glibc {
+    use super::{ARENAS, TRIM_INTERVAL};
+
+    pub fn keep_resident_memory_low() {
+        // SAFETY: mallopt only changes allocator settings. It is called before
+        // the runtime starts its threads, as glibc advises for M_ARENA_MAX.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("kai-heap-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_INTERVAL);
+                // SAFETY: malloc_trim takes the allocator's own locks and
+                // only releases pages no allocation uses.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the heap-trimming thread; memory freed after bursts stays resident");
+        }
+    }
+}
