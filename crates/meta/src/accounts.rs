@@ -875,8 +875,12 @@ impl MetaStore {
 
     // --- upload owners ----------------------------------------------------------------------
 
-    /// Creates an upload session as [`MetaStore::create_upload`] does, owned by
-    /// `owner` (`None` while authorization is off).
+    /// Records a new upload session, owned by `owner` (`None` while
+    /// authorization is off). Its commit is relaxed: a power loss right after
+    /// may forget the session, and the client then gets `BLOB_UPLOAD_UNKNOWN`
+    /// and starts again. Any later durable commit (the upload's first
+    /// acknowledged bytes, say) makes it durable too, because commits reach
+    /// the disk in order.
     pub async fn create_owned_upload(
         &self,
         id: &str,
@@ -884,17 +888,24 @@ impl MetaStore {
         owner: Option<&str>,
     ) -> Result<()> {
         let now = now();
-        sqlx::query(
-            "INSERT INTO uploads (id, repository, size, created_at, updated_at, owner) \
-             VALUES ($1, $2, 0, $3, $3, $4)",
-        )
-        .bind(id)
-        .bind(repository.as_str())
-        .bind(now)
-        .bind(owner)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let (id, repository) = (id.to_owned(), repository.as_str().to_owned());
+        let owner = owner.map(str::to_owned);
+        self.write_relaxed(move |connection| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO uploads (id, repository, size, created_at, updated_at, owner) \
+                     VALUES ($1, $2, 0, $3, $3, $4)",
+                )
+                .bind(id)
+                .bind(repository)
+                .bind(now)
+                .bind(owner)
+                .execute(connection)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// An upload session with the account that owns it (`None` if unowned).

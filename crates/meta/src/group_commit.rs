@@ -4,16 +4,19 @@
 //! task takes every write waiting in the queue, runs each in a savepoint of one
 //! transaction, and commits once: one fsync answers all of them. A write that
 //! fails rolls back its savepoint only; the others still commit. No write is
-//! answered before the commit that holds it is durable.
+//! answered before the commit that holds it is durable, except a write that
+//! asks for none (`Durability::Relaxed`), and only when every write in its
+//! group asks for none: that group commits with `synchronous = NORMAL`,
+//! which survives a killed process but may roll back on power loss.
 //!
 //! PostgreSQL needs none of this: concurrent transactions on separate
 //! connections already share WAL flushes there.
 
 use futures::future::BoxFuture;
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{MetaError, Result};
+use crate::{Durability, MetaError, Result};
 
 /// The most writes one transaction takes, so one group cannot grow unbounded
 /// while others wait.
@@ -24,7 +27,12 @@ const QUEUE: usize = 1024;
 /// One write: runs its statements on the connection it is given (inside a
 /// savepoint) and says whether they succeeded; the answer goes to the caller
 /// once the outcome of the commit is known.
-type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
+type Run = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> + Send>;
+
+struct Job {
+    durability: Durability,
+    run: Run,
+}
 
 struct Ran {
     succeeded: bool,
@@ -48,13 +56,13 @@ impl GroupCommitter {
     /// Runs `write` in a transaction shared with other queued writes, and
     /// returns its result once that transaction is committed. If `write`
     /// fails, its own statements are rolled back.
-    pub async fn write<T, F>(&self, write: F) -> Result<T>
+    pub async fn write<T, F>(&self, durability: Durability, write: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |connection| {
+        let run: Run = Box::new(move |connection| {
             Box::pin(async move {
                 let result = write(connection).await;
                 Ran {
@@ -72,7 +80,7 @@ impl GroupCommitter {
             })
         });
         self.queue
-            .send(job)
+            .send(Job { durability, run })
             .await
             .map_err(|_| MetaError::NotCommitted("the database is closed".into()))?;
         answer.await.map_err(|_| {
@@ -101,12 +109,35 @@ async fn commit_groups(writer: AnyPool, mut jobs: mpsc::Receiver<Job>) {
 
 async fn commit_group(writer: &AnyPool, group: Vec<Job>) -> std::result::Result<(), sqlx::Error> {
     let mut connection = writer.acquire().await?;
+    let relaxed = group
+        .iter()
+        .all(|job| job.durability == Durability::Relaxed);
+    if relaxed {
+        connection.execute("PRAGMA synchronous = NORMAL").await?;
+    }
+    let committed = run_group(&mut connection, group).await;
+    if relaxed {
+        // Restored before the connection serves another group. If this fails
+        // the connection must not stay relaxed: close it, and the pool opens
+        // a new one with the durable settings.
+        if let Err(error) = connection.execute("PRAGMA synchronous = FULL").await {
+            connection.close_on_drop();
+            return Err(error);
+        }
+    }
+    committed
+}
+
+async fn run_group(
+    connection: &mut AnyConnection,
+    group: Vec<Job>,
+) -> std::result::Result<(), sqlx::Error> {
     let mut transaction = connection.begin().await?;
     let mut answers = Vec::with_capacity(group.len());
     if group.len() == 1 {
         // Alone, the write needs no savepoint: the transaction is its own.
         let job = group.into_iter().next().expect("one job");
-        let ran = job(&mut transaction).await;
+        let ran = (job.run)(&mut transaction).await;
         if !ran.succeeded {
             transaction.rollback().await?;
             (ran.answer)(Ok(()));
@@ -116,7 +147,7 @@ async fn commit_group(writer: &AnyPool, group: Vec<Job>) -> std::result::Result<
     } else {
         for job in group {
             let mut savepoint = transaction.begin().await?;
-            let ran = job(&mut savepoint).await;
+            let ran = (job.run)(&mut savepoint).await;
             if ran.succeeded {
                 savepoint.commit().await?;
             } else {

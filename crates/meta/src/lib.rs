@@ -143,6 +143,18 @@ pub struct Upload {
 /// The metadata store. SQLite gets a single writer connection (SQLite admits one
 /// writer at a time; queuing in the pool is cheaper than lock retries), whose
 /// frequent small writes are group-committed, and several reader connections.
+/// Whether a write's commit must be on disk before the write returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Synced before the answer: it survives a power loss. Everything a client
+    /// is told is stored (bytes, blobs, manifests, tags, accounts) is written so.
+    Durable,
+    /// Written to the database's log but not synced: it survives a killed
+    /// process, and a power loss may undo it along with nothing acknowledged
+    /// durably after it. Only for state a client can recreate by retrying.
+    Relaxed,
+}
+
 #[derive(Clone)]
 pub struct MetaStore {
     reader: AnyPool,
@@ -233,10 +245,34 @@ impl MetaStore {
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
+        self.write_with(Durability::Durable, write).await
+    }
+
+    /// `write` for a change a power loss may undo (see `Durability::Relaxed`).
+    async fn write_relaxed<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        self.write_with(Durability::Relaxed, write).await
+    }
+
+    async fn write_with<T, F>(&self, durability: Durability, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
         if let Some(committer) = &self.grouped {
-            return committer.write(write).await;
+            return committer.write(durability, write).await;
         }
         let mut transaction = self.writer.begin().await?;
+        if durability == Durability::Relaxed {
+            // PostgreSQL: this transaction's commit does not wait for its WAL
+            // flush; later durable commits flush it with theirs.
+            transaction
+                .execute("SET LOCAL synchronous_commit TO OFF")
+                .await?;
+        }
         let value = write(&mut transaction).await?;
         transaction.commit().await?;
         Ok(value)
@@ -674,21 +710,10 @@ impl MetaStore {
             .collect())
     }
 
+    /// Records a new upload session with no owner; see
+    /// [`MetaStore::create_owned_upload`].
     pub async fn create_upload(&self, id: &str, repository: &RepositoryName) -> Result<()> {
-        let now = now();
-        let (id, repository) = (id.to_owned(), repository.as_str().to_owned());
-        self.write(move |connection| {
-            Box::pin(async move {
-                sqlx::query("INSERT INTO uploads (id, repository, size, created_at, updated_at) VALUES ($1, $2, 0, $3, $3)")
-                    .bind(id)
-                    .bind(repository)
-                    .bind(now)
-                    .execute(connection)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await
+        self.create_owned_upload(id, repository, None).await
     }
 
     pub async fn upload(&self, id: &str) -> Result<Option<Upload>> {
@@ -800,6 +825,61 @@ pub fn unix_now() -> i64 {
 mod tests {
     use super::{redact_url, MetaStore};
     use kai_oci::RepositoryName;
+
+    /// Relaxed writes (new upload sessions) share groups with durable ones.
+    /// Whatever the mix, every write is committed, and the writer connection
+    /// is left with `synchronous = FULL` for the next group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relaxed_and_durable_writes_mix_and_the_writer_stays_durable() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/kai.db", directory.path().display());
+        let meta = MetaStore::open(&url).await.unwrap();
+        let repository: RepositoryName = "relaxed/commit".parse().unwrap();
+        for index in 0..50 {
+            meta.create_upload(&format!("old-{index}"), &repository)
+                .await
+                .unwrap();
+        }
+        let writes = (0..50).flat_map(|index| {
+            let created = {
+                let (meta, repository) = (meta.clone(), repository.clone());
+                tokio::spawn(async move {
+                    meta.create_upload(&format!("new-{index}"), &repository)
+                        .await
+                        .map(|()| true)
+                })
+            };
+            let advanced = {
+                let meta = meta.clone();
+                tokio::spawn(
+                    async move { meta.advance_upload(&format!("old-{index}"), 0, 10).await },
+                )
+            };
+            [created, advanced]
+        });
+        for outcome in futures::future::join_all(writes).await {
+            assert!(outcome.unwrap().unwrap());
+        }
+        // The last group is a relaxed one, alone.
+        meta.create_upload("last", &repository).await.unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&meta.writer)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "the writer is back to synchronous = FULL");
+        meta.close().await;
+        let reopened = MetaStore::open(&url).await.unwrap();
+        for index in 0..50 {
+            let new = reopened.upload(&format!("new-{index}")).await.unwrap();
+            assert!(new.is_some(), "new-{index} was committed");
+            let old = reopened
+                .upload(&format!("old-{index}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(old.size, 10);
+        }
+    }
 
     /// Concurrent writes on SQLite share transactions; a write that fails
     /// (here: a duplicate upload id) must fail alone, and every other write

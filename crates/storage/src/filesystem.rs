@@ -61,6 +61,17 @@ impl FilesystemStore {
                 )
             })?;
         }
+        create_shards(&root.join("blobs").join(DigestAlgorithm::Sha256.as_str())).map_err(
+            |error| {
+                io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot create the blob directories under {}: {error}; check that the data directory is writable",
+                        root.join("blobs").display()
+                    ),
+                )
+            },
+        )?;
         Ok(FilesystemStore {
             root,
             hash_progress: HashProgress::default(),
@@ -81,6 +92,30 @@ impl FilesystemStore {
     fn upload_path(&self, upload: &UploadId) -> PathBuf {
         self.root.join("uploads").join(upload.as_str())
     }
+}
+
+/// Creates the 256 shard directories (`00` to `ff`) of one digest algorithm
+/// and syncs them, once, so that storing a blob never has to create and sync
+/// a directory first. Other algorithms' shards are made when first needed.
+fn create_shards(algorithm: &Path) -> io::Result<()> {
+    fs::create_dir_all(algorithm)?;
+    let mut created = false;
+    for shard in 0..=255u8 {
+        match fs::create_dir(algorithm.join(format!("{shard:02x}"))) {
+            Ok(()) => created = true,
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+    }
+    if created {
+        sync_directory(algorithm)?;
+        sync_directory(
+            algorithm
+                .parent()
+                .expect("the algorithm directory has a parent"),
+        )?;
+    }
+    Ok(())
 }
 
 fn sync_directory(path: &Path) -> io::Result<()> {
