@@ -347,8 +347,21 @@ impl MetaStore {
         let repository = repository.as_str().to_owned();
         let digest = digest.to_string();
         let upload = upload.map(str::to_owned);
+        let sqlite = self.grouped.is_some();
         self.write(move |connection| {
             Box::pin(async move {
+                if sqlite {
+                    // One trip to SQLite's connection thread instead of four.
+                    sqlx::query(LINK_BLOB_SQLITE)
+                        .bind(upload)
+                        .bind(&repository)
+                        .bind(&digest)
+                        .bind(size as i64)
+                        .bind(now)
+                        .execute(&mut *connection)
+                        .await?;
+                    return Ok(());
+                }
                 if let Some(upload) = upload {
                     sqlx::query("DELETE FROM uploads WHERE id = $1")
                         .bind(upload)
@@ -786,6 +799,17 @@ fn stored_manifest(row: sqlx::any::AnyRow) -> StoredManifest {
     }
 }
 
+/// On SQLite, what `link_blob_finishing` does, as one multi-statement query:
+/// end the upload session `$1` (none when NULL), then make sure repository
+/// `$2`, blob `$3` of size `$4` and their link exist, all created at `$5`.
+/// (PostgreSQL prepares one statement at a time, so there they run apart.)
+const LINK_BLOB_SQLITE: &str = "\
+    DELETE FROM uploads WHERE id = $1; \
+    INSERT INTO repositories (name, created_at) VALUES ($2, $5) ON CONFLICT (name) DO NOTHING; \
+    INSERT INTO blobs (digest, size, created_at) VALUES ($3, $4, $5) ON CONFLICT (digest) DO NOTHING; \
+    INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($2, $3, $5) \
+        ON CONFLICT (repository, digest) DO NOTHING";
+
 async fn ensure_repository(
     connection: &mut AnyConnection,
     repository: &str,
@@ -825,6 +849,49 @@ pub fn unix_now() -> i64 {
 mod tests {
     use super::{redact_url, MetaStore};
     use kai_oci::RepositoryName;
+
+    /// Finishing an upload ends its session and links the blob; linking
+    /// without a session (a mount) links only. On SQLite both run as one
+    /// multi-statement query, and every statement in it must take effect.
+    #[tokio::test]
+    async fn finishing_an_upload_links_its_blob_and_ends_the_session() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/kai.db", directory.path().display());
+        let meta = MetaStore::open(&url).await.unwrap();
+        let first: RepositoryName = "link/first".parse().unwrap();
+        let second: RepositoryName = "link/second".parse().unwrap();
+        let digest = kai_oci::Digest::sha256_of(b"hello");
+        meta.create_upload("finishing", &first).await.unwrap();
+        meta.finish_upload("finishing", &first, &digest, 5)
+            .await
+            .unwrap();
+        assert!(meta.upload("finishing").await.unwrap().is_none());
+        assert!(meta.repository_exists(&first).await.unwrap());
+        assert_eq!(
+            meta.repository_blob(&first, &digest).await.unwrap(),
+            Some(5)
+        );
+        assert!(!meta.repository_exists(&second).await.unwrap());
+        assert_eq!(
+            meta.mount_blob(&second, &first, &digest).await.unwrap(),
+            Some(5)
+        );
+        assert!(meta.repository_exists(&second).await.unwrap());
+        assert_eq!(
+            meta.repository_blob(&second, &digest).await.unwrap(),
+            Some(5)
+        );
+        // Finishing the same blob again (a second push) changes nothing.
+        meta.create_upload("again", &first).await.unwrap();
+        meta.finish_upload("again", &first, &digest, 5)
+            .await
+            .unwrap();
+        assert!(meta.upload("again").await.unwrap().is_none());
+        assert_eq!(
+            meta.repository_blob(&first, &digest).await.unwrap(),
+            Some(5)
+        );
+    }
 
     /// Relaxed writes (new upload sessions) share groups with durable ones.
     /// Whatever the mix, every write is committed, and the writer connection
