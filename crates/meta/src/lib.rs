@@ -191,13 +191,19 @@ impl MetaStore {
         // kernel's page cache holds the file anyway, and eight default
         // caches (2 MiB each) would be most of the server's memory once the
         // database is large.
+        // A SQLite connection is a file handle in this process: it cannot go
+        // stale the way a network connection can, so the pool hands it out
+        // without the ping sqlx would otherwise send first (one trip to the
+        // connection's thread and back per query).
         let pool_options = |pragmas: &'static str| {
-            AnyPoolOptions::new().after_connect(move |connection, _| {
-                Box::pin(async move {
-                    connection.execute(pragmas).await?;
-                    Ok(())
+            AnyPoolOptions::new()
+                .test_before_acquire(false)
+                .after_connect(move |connection, _| {
+                    Box::pin(async move {
+                        connection.execute(pragmas).await?;
+                        Ok(())
+                    })
                 })
-            })
         };
         let writer = pool_options(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
