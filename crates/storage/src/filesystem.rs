@@ -32,7 +32,7 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// How many received chunks may wait for the writer and for the hasher. A
 /// chunk is at most a few hundred KiB (hyper's read buffer), so this bounds
 /// the memory one upload holds to a few MiB whatever the blob size.
-const WRITE_QUEUE: usize = 8;
+const WRITE_QUEUE: usize = 4;
 /// Writes announced at most this long are received whole and then written and
 /// hashed in one blocking call: for small blobs, thread hand-offs cost more
 /// than the overlap saves.
