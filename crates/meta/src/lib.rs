@@ -858,14 +858,21 @@ mod tests {
     use super::{redact_url, MetaStore};
     use kai_oci::RepositoryName;
 
+    /// A store on a new SQLite file: the directory that holds it (removed
+    /// when dropped), its URL for reopening, and the open store.
+    async fn sqlite_store() -> (tempfile::TempDir, String, MetaStore) {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/kai.db", directory.path().display());
+        let meta = MetaStore::open(&url).await.unwrap();
+        (directory, url, meta)
+    }
+
     /// Finishing an upload ends its session and links the blob; linking
     /// without a session (a mount) links only. On SQLite both run as one
     /// multi-statement query, and every statement in it must take effect.
     #[tokio::test]
     async fn finishing_an_upload_links_its_blob_and_ends_the_session() {
-        let directory = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/kai.db", directory.path().display());
-        let meta = MetaStore::open(&url).await.unwrap();
+        let (_directory, _url, meta) = sqlite_store().await;
         let first: RepositoryName = "link/first".parse().unwrap();
         let second: RepositoryName = "link/second".parse().unwrap();
         let digest = kai_oci::Digest::sha256_of(b"hello");
@@ -906,9 +913,7 @@ mod tests {
     /// is left with `synchronous = FULL` for the next group.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn relaxed_and_durable_writes_mix_and_the_writer_stays_durable() {
-        let directory = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/kai.db", directory.path().display());
-        let meta = MetaStore::open(&url).await.unwrap();
+        let (_directory, url, meta) = sqlite_store().await;
         let repository: RepositoryName = "relaxed/commit".parse().unwrap();
         for index in 0..50 {
             meta.create_upload(&format!("old-{index}"), &repository)
@@ -961,9 +966,7 @@ mod tests {
     /// must be committed and visible afterwards, also to a fresh connection.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn grouped_writes_fail_alone_and_the_rest_commit() {
-        let directory = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/kai.db", directory.path().display());
-        let meta = MetaStore::open(&url).await.unwrap();
+        let (_directory, url, meta) = sqlite_store().await;
         let repository: RepositoryName = "group/commit".parse().unwrap();
         meta.create_upload("taken", &repository).await.unwrap();
         let writes = (0..200).map(|index| {
