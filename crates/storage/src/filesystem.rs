@@ -313,7 +313,7 @@ fn map_blob_range(file: &File, offset: u64, length: u64) -> io::Result<Bytes> {
     // `blobs/` are written once under another name, synced, and renamed into
     // place; nothing in Kai writes to or truncates them afterwards, and
     // deleting a blob unlinks its name while this open file keeps the bytes.
-    // `read_blob` checked that `offset + length` is within the file's size.
+    // `read_blob` clamped the range to the file's size when it opened it.
     let mapping = unsafe {
         memmap2::MmapOptions::new()
             .offset(offset)
