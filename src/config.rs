@@ -81,6 +81,10 @@ pub struct Uploads {
     /// How often expired uploads are looked for.
     #[serde(with = "humantime_serde")]
     pub cleanup_interval: Duration,
+    /// Blobs of at most this many bytes are kept in the metadata database,
+    /// written by the commit that links them: one sync per push instead of
+    /// three. 0 keeps every blob in the blob store.
+    pub inline_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +190,7 @@ impl Default for Uploads {
         Uploads {
             expire_after: Duration::from_secs(24 * 60 * 60),
             cleanup_interval: Duration::from_secs(10 * 60),
+            inline_max_bytes: 64 * 1024,
         }
     }
 }

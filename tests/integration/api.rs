@@ -58,6 +58,84 @@ async fn monolithic_blob_push_then_head_get_and_ranges() {
     registry.stop().await;
 }
 
+/// Blobs of at most `uploads.inline_max_bytes` are kept in the database and
+/// larger ones in the blob store. Either way a push is answered alike, no
+/// staged data is left, and HEAD, GET and ranges serve the same bytes. With
+/// the limit at 0, every blob goes to the blob store.
+#[tokio::test]
+async fn small_blobs_live_in_the_database_and_read_like_any_other() {
+    for inline_max_bytes in [65_536, 0] {
+        let registry =
+            TestRegistry::start_with(|config| config.uploads.inline_max_bytes = inline_max_bytes)
+                .await;
+        let pattern = |length: u32, modulus: u32| -> Vec<u8> {
+            (0..length).map(|index| (index % modulus) as u8).collect()
+        };
+        let small = pattern(4096, 253);
+        let at_the_limit = pattern(65_536, 241);
+        let over_the_limit = pattern(65_537, 239);
+        registry.push_blob("inline/app", &small).await;
+        registry.push_blob("inline/app", &over_the_limit).await;
+        // Pushed as docker does: two chunks, then a PUT without a body.
+        let start = registry
+            .request(Method::POST, "/v2/inline/app/blobs/uploads/")
+            .send()
+            .await
+            .unwrap();
+        let location = header(&start, "location");
+        for (offset, chunk) in [
+            (0, &at_the_limit[..40_000]),
+            (40_000, &at_the_limit[40_000..]),
+        ] {
+            let patch = registry
+                .request(Method::PATCH, &location)
+                .header(
+                    "content-range",
+                    format!("{offset}-{}", offset + chunk.len() - 1),
+                )
+                .body(chunk.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(patch.status(), StatusCode::ACCEPTED);
+        }
+        let digest = sha256(&at_the_limit);
+        let finish = registry
+            .request(Method::PUT, &format!("{location}?digest={digest}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(finish.status(), StatusCode::CREATED);
+        assert_eq!(header(&finish, "docker-content-digest"), digest);
+
+        for bytes in [&small, &at_the_limit, &over_the_limit] {
+            let path = format!("/v2/inline/app/blobs/{}", sha256(bytes));
+            let head = registry.request(Method::HEAD, &path).send().await.unwrap();
+            assert_eq!(head.status(), StatusCode::OK);
+            assert_eq!(header(&head, "content-length"), bytes.len().to_string());
+            let get = registry.get(&path).await;
+            assert_eq!(get.status(), StatusCode::OK);
+            assert_eq!(header(&get, "content-length"), bytes.len().to_string());
+            assert!(get.bytes().await.unwrap().as_ref() == bytes.as_slice());
+            assert_ranged_get(&registry, &path, bytes, 1000, 1999).await;
+            assert_ranged_get(&registry, &path, bytes, 0, 0).await;
+            assert_ranged_get(&registry, &path, bytes, bytes.len() - 1, bytes.len() - 1).await;
+        }
+
+        let stored = registry.stored().await;
+        let files = registry.state().blobs.list_blobs().await.unwrap().len() as u64;
+        assert_eq!(stored.stored_blobs, 3);
+        let expected_files = if inline_max_bytes == 0 { 3 } else { 1 };
+        assert_eq!(
+            files, expected_files,
+            "inline_max_bytes = {inline_max_bytes}"
+        );
+        assert_eq!(stored.uploads, 0);
+        assert_eq!(registry.staged_uploads().await, 0);
+        registry.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn chunked_upload_with_status_and_final_chunk() {
     let registry = TestRegistry::start().await;

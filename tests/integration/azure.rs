@@ -106,7 +106,9 @@ async fn chunked_blob_and_image_round_trip() {
     assert_ranged_get(&registry, &path, &bytes, 999_990, 1_000_009).await;
 
     // An image: a config and a layer pushed monolithically, then its manifest.
-    let layer = b"a layer stored in Azure Blob Storage".repeat(1000);
+    // A layer over `uploads.inline_max_bytes`, so that it goes to the
+    // container; the config is small and kept in the database.
+    let layer = b"a layer stored in Azure Blob Storage".repeat(2000);
     let (manifest, manifest_digest) = registry.push_image("azure/app", "1.0", &layer).await;
     let pulled = registry
         .request(Method::GET, "/v2/azure/app/manifests/1.0")
@@ -130,9 +132,11 @@ async fn chunked_blob_and_image_round_trip() {
     }
     assert_eq!(parsed["layers"][0]["digest"], sha256(&layer).as_str());
 
-    // The blobs are in the container, under this registry's prefix.
+    // The two large blobs are in the container, under this registry's
+    // prefix, and the config in the database.
     let stored = registry.state().blobs.list_blobs().await.unwrap();
-    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(registry.stored().await.stored_blobs, 3);
     registry.stop().await;
 }
 

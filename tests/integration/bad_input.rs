@@ -1452,7 +1452,7 @@ async fn wrong_digest_with_the_last_chunk_in_the_put_stores_nothing() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(response).await, "DIGEST_INVALID");
     let after = snapshot(&registry).await;
-    assert_eq!(after.stored.blob_files, before.stored.blob_files);
+    assert_eq!(after.stored.stored_blobs, before.stored.stored_blobs);
     assert_eq!(after.stored.blob_links, before.stored.blob_links);
     assert_eq!(after.stored.uploads, before.stored.uploads - 1);
     assert_eq!(after.staged_files, before.staged_files - 1);

@@ -184,26 +184,29 @@ impl TestRegistry {
             tags: count("tags").await,
             blob_links: count("repository_blobs").await,
             uploads: count("uploads").await,
-            blob_files: self
+            stored_blobs: self
                 .state()
                 .blobs
                 .list_blobs()
                 .await
                 .expect("blob list")
-                .len() as u64,
+                .len() as u64
+                + count("blob_contents").await,
         }
     }
 }
 
 /// With `[s3] redirect` on: a blob GET answers 307 to a signed URL of the
 /// object store (its query names `signature_marker`), following it yields the
-/// bytes, and a ranged GET is served by Kai itself.
+/// bytes, and a ranged GET is served by Kai itself. So is a blob small enough
+/// to be kept in the database, which has no object to point to.
 pub async fn blob_get_redirects_to_signed_url(
     registry: &TestRegistry,
     name: &str,
     signature_marker: &str,
 ) {
-    let bytes = b"served straight from the object store".repeat(100);
+    // Larger than `uploads.inline_max_bytes`: stored as an object.
+    let bytes = b"served straight from the object store".repeat(2000);
     let digest = registry.push_blob(name, &bytes).await;
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -221,6 +224,13 @@ pub async fn blob_get_redirects_to_signed_url(
     assert_eq!(followed.bytes().await.unwrap().as_ref(), bytes.as_slice());
     // Ranges are served by Kai itself.
     assert_ranged_get(registry, &path, &bytes, 0, 5).await;
+
+    let small = b"kept in the database".to_vec();
+    let small_digest = registry.push_blob(name, &small).await;
+    let path = format!("/v2/{name}/blobs/{small_digest}");
+    let response = client.get(registry.url(&path)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), small.as_slice());
 }
 
 /// `GET path` with `Range: bytes=start-end` answers 206 with the matching
@@ -291,7 +301,9 @@ pub struct Stored {
     pub tags: u64,
     pub blob_links: u64,
     pub uploads: u64,
-    pub blob_files: u64,
+    /// Blobs whose bytes are stored: files or objects in the blob store, and
+    /// small blobs in the database.
+    pub stored_blobs: u64,
 }
 
 /// An OCI image manifest with the given config and layers.

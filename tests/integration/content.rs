@@ -1054,7 +1054,7 @@ async fn cross_repository_mount() {
     let after = registry.stored().await;
     assert_eq!(after.blob_links, before.blob_links + 1);
     assert_eq!(
-        after.blob_files, before.blob_files,
+        after.stored_blobs, before.stored_blobs,
         "a mount copies no bytes"
     );
 
@@ -1097,7 +1097,7 @@ async fn cross_repository_mount() {
     let last = registry.stored().await;
     assert_eq!(last.uploads, after.uploads);
     assert_eq!(
-        last.blob_files, after.blob_files,
+        last.stored_blobs, after.stored_blobs,
         "the blob was already stored once"
     );
 }

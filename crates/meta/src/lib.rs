@@ -56,6 +56,13 @@ const REPOSITORY_BLOB_SIZE: &str = "SELECT blobs.size FROM repository_blobs \
      JOIN blobs ON blobs.digest = repository_blobs.digest \
      WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2";
 
+/// As `REPOSITORY_BLOB_SIZE`, with the blob's bytes when the database holds them.
+const REPOSITORY_BLOB_FOR_READ: &str =
+    "SELECT blobs.size, blob_contents.content FROM repository_blobs \
+     JOIN blobs ON blobs.digest = repository_blobs.digest \
+     LEFT JOIN blob_contents ON blob_contents.digest = blobs.digest \
+     WHERE repository_blobs.repository = $1 AND repository_blobs.digest = $2";
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -64,6 +71,14 @@ fn now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs() as i64)
         .unwrap_or_default()
+}
+
+/// A blob as a read needs it: its size, and its bytes when the database
+/// holds them (small blobs); otherwise the blob store does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobForRead {
+    pub size: u64,
+    pub content: Option<Vec<u8>>,
 }
 
 /// A manifest as stored.
@@ -320,6 +335,24 @@ impl MetaStore {
         Ok(row.map(|row| row.get::<i64, _>(0) as u64))
     }
 
+    /// A blob the repository may see, for reading: its size, and its bytes
+    /// if the database holds them (see [`MetaStore::finish_upload`]).
+    pub async fn repository_blob_for_read(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<BlobForRead>> {
+        let row = sqlx::query(REPOSITORY_BLOB_FOR_READ)
+            .bind(repository.as_str())
+            .bind(digest.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(|row| BlobForRead {
+            size: row.get::<i64, _>(0) as u64,
+            content: row.get(1),
+        }))
+    }
+
     /// Records that a verified blob is stored and visible in `repository`.
     pub async fn link_blob(
         &self,
@@ -327,20 +360,24 @@ impl MetaStore {
         digest: &Digest,
         size: u64,
     ) -> Result<()> {
-        self.link_blob_finishing(repository, digest, size, None)
+        self.link_blob_finishing(repository, digest, size, None, None)
             .await
     }
 
     /// Records a verified blob as [`MetaStore::link_blob`] does and, in the same
-    /// transaction, ends the upload session that delivered it.
+    /// transaction, ends the upload session that delivered it. With `content`,
+    /// the blob's bytes are stored too (once per digest): that one commit
+    /// makes a small blob durable and visible, where the blob store would
+    /// need syncs of its own.
     pub async fn finish_upload(
         &self,
         upload: &str,
         repository: &RepositoryName,
         digest: &Digest,
         size: u64,
+        content: Option<Vec<u8>>,
     ) -> Result<()> {
-        self.link_blob_finishing(repository, digest, size, Some(upload))
+        self.link_blob_finishing(repository, digest, size, Some(upload), content)
             .await
     }
 
@@ -350,6 +387,7 @@ impl MetaStore {
         digest: &Digest,
         size: u64,
         upload: Option<&str>,
+        content: Option<Vec<u8>>,
     ) -> Result<()> {
         let now = now();
         let repository = repository.as_str().to_owned();
@@ -366,6 +404,7 @@ impl MetaStore {
                         .bind(&digest)
                         .bind(size as i64)
                         .bind(now)
+                        .bind(content)
                         .execute(&mut *connection)
                         .await?;
                     return Ok(());
@@ -392,6 +431,13 @@ impl MetaStore {
                 .bind(now)
                 .execute(&mut *connection)
                 .await?;
+                if let Some(content) = content {
+                    sqlx::query(INSERT_BLOB_CONTENT)
+                        .bind(&digest)
+                        .bind(content)
+                        .execute(&mut *connection)
+                        .await?;
+                }
                 Ok(())
             })
         })
@@ -809,14 +855,21 @@ fn stored_manifest(row: sqlx::any::AnyRow) -> StoredManifest {
 
 /// On SQLite, what `link_blob_finishing` does, as one multi-statement query:
 /// end the upload session `$1` (none when NULL), then make sure repository
-/// `$2`, blob `$3` of size `$4` and their link exist, all created at `$5`.
+/// `$2`, blob `$3` of size `$4` and their link exist, all created at `$5`,
+/// and store the blob's bytes `$6` unless NULL or already stored.
 /// (PostgreSQL prepares one statement at a time, so there they run apart.)
 const LINK_BLOB_SQLITE: &str = "\
     DELETE FROM uploads WHERE id = $1; \
     INSERT INTO repositories (name, created_at) VALUES ($2, $5) ON CONFLICT (name) DO NOTHING; \
     INSERT INTO blobs (digest, size, created_at) VALUES ($3, $4, $5) ON CONFLICT (digest) DO NOTHING; \
     INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($2, $3, $5) \
-        ON CONFLICT (repository, digest) DO NOTHING";
+        ON CONFLICT (repository, digest) DO NOTHING; \
+    INSERT INTO blob_contents (digest, content) SELECT $3, $6 WHERE $6 IS NOT NULL \
+        ON CONFLICT (digest) DO NOTHING";
+
+/// Stores a blob's bytes `$2` under digest `$1`, unless they are stored already.
+const INSERT_BLOB_CONTENT: &str =
+    "INSERT INTO blob_contents (digest, content) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING";
 
 async fn ensure_repository(
     connection: &mut AnyConnection,
@@ -855,7 +908,7 @@ pub fn unix_now() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact_url, MetaStore};
+    use super::{redact_url, BlobForRead, MetaStore};
     use kai_oci::RepositoryName;
 
     /// A store on a new SQLite file: the directory that holds it (removed
@@ -877,7 +930,7 @@ mod tests {
         let second: RepositoryName = "link/second".parse().unwrap();
         let digest = kai_oci::Digest::sha256_of(b"hello");
         meta.create_upload("finishing", &first).await.unwrap();
-        meta.finish_upload("finishing", &first, &digest, 5)
+        meta.finish_upload("finishing", &first, &digest, 5, None)
             .await
             .unwrap();
         assert!(meta.upload("finishing").await.unwrap().is_none());
@@ -898,13 +951,74 @@ mod tests {
         );
         // Finishing the same blob again (a second push) changes nothing.
         meta.create_upload("again", &first).await.unwrap();
-        meta.finish_upload("again", &first, &digest, 5)
+        meta.finish_upload("again", &first, &digest, 5, None)
             .await
             .unwrap();
         assert!(meta.upload("again").await.unwrap().is_none());
         assert_eq!(
             meta.repository_blob(&first, &digest).await.unwrap(),
             Some(5)
+        );
+    }
+
+    /// A small blob's bytes are stored with its record, once per digest, and
+    /// every repository that may see the blob reads them; a blob recorded
+    /// without bytes (kept in the blob store) reads as its size alone.
+    #[tokio::test]
+    async fn a_small_blobs_bytes_are_stored_with_its_record() {
+        let (_directory, _url, meta) = sqlite_store().await;
+        let first: RepositoryName = "inline/first".parse().unwrap();
+        let second: RepositoryName = "inline/second".parse().unwrap();
+        let digest = kai_oci::Digest::sha256_of(b"small");
+        let with_bytes = Some(BlobForRead {
+            size: 5,
+            content: Some(b"small".to_vec()),
+        });
+        meta.create_upload("small", &first).await.unwrap();
+        meta.finish_upload("small", &first, &digest, 5, Some(b"small".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(
+            meta.repository_blob_for_read(&first, &digest)
+                .await
+                .unwrap(),
+            with_bytes
+        );
+        assert_eq!(
+            meta.repository_blob_for_read(&second, &digest)
+                .await
+                .unwrap(),
+            None
+        );
+        meta.mount_blob(&second, &first, &digest).await.unwrap();
+        assert_eq!(
+            meta.repository_blob_for_read(&second, &digest)
+                .await
+                .unwrap(),
+            with_bytes
+        );
+        // A second push of the same bytes is no conflict.
+        meta.create_upload("again", &second).await.unwrap();
+        meta.finish_upload("again", &second, &digest, 5, Some(b"small".to_vec()))
+            .await
+            .unwrap();
+        assert!(meta.upload("again").await.unwrap().is_none());
+        assert_eq!(
+            meta.repository_blob_for_read(&second, &digest)
+                .await
+                .unwrap(),
+            with_bytes
+        );
+        let elsewhere = kai_oci::Digest::sha256_of(b"in the blob store");
+        meta.link_blob(&first, &elsewhere, 17).await.unwrap();
+        assert_eq!(
+            meta.repository_blob_for_read(&first, &elsewhere)
+                .await
+                .unwrap(),
+            Some(BlobForRead {
+                size: 17,
+                content: None
+            })
         );
     }
 

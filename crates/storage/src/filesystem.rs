@@ -327,7 +327,25 @@ fn map_blob_range(file: &File, offset: u64, length: u64) -> io::Result<Bytes> {
 /// Opens an upload's staged file to write at `offset`: the acknowledged size.
 /// Bytes past it, from a write that was never acknowledged, are cut off.
 fn open_upload_at(path: &Path, offset: u64) -> Result<File> {
-    let mut file = open_upload(path)?;
+    // The first write creates the file (see `start_upload`).
+    let mut file = if offset == 0 {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?
+    } else {
+        match open_upload(path) {
+            Err(StorageError::UploadUnknown) => {
+                return Err(StorageError::UploadDataLost {
+                    expected: offset,
+                    actual: 0,
+                })
+            }
+            opened => opened?,
+        }
+    };
     let length = file.metadata()?.len();
     if length < offset {
         return Err(StorageError::UploadDataLost {
@@ -418,14 +436,12 @@ impl BlobStore for FilesystemStore {
         }
     }
 
-    async fn start_upload(&self, upload: &UploadId) -> Result<()> {
-        let path = self.upload_path(upload);
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
-            File::create_new(&path)?;
-            Ok(())
-        })
-        .await
-        .map_err(io::Error::other)??;
+    /// Creates nothing: the staged file is made by the upload's first write.
+    /// Most small blobs are kept in the metadata database and never need
+    /// one, and on ext4 creating and unlinking a file per push cost about a
+    /// tenth of the server's CPU time in 4 KiB pushes. An upload without a
+    /// file holds 0 bytes.
+    async fn start_upload(&self, _upload: &UploadId) -> Result<()> {
         Ok(())
     }
 
@@ -520,7 +536,11 @@ impl BlobStore for FilesystemStore {
             .take(upload, size)
             .filter(|_| expected.algorithm() == DigestAlgorithm::Sha256);
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut file = open_upload(&source)?;
+            let mut file = match open_upload(&source) {
+                // An empty upload never had a write to create its file.
+                Err(StorageError::UploadUnknown) if size == 0 => File::create_new(&source)?,
+                opened => opened?,
+            };
             let length = file.metadata()?.len();
             if length < size {
                 return Err(StorageError::UploadDataLost {
@@ -554,6 +574,27 @@ impl BlobStore for FilesystemStore {
             fs::rename(&source, &target)?;
             sync_directory(shard)?;
             Ok(())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    async fn read_upload(&self, upload: &UploadId, size: u64) -> Result<Vec<u8>> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let path = self.upload_path(upload);
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let file = open_upload(&path)?;
+            let mut content = Vec::with_capacity(usize::try_from(size).unwrap_or_default());
+            file.take(size).read_to_end(&mut content)?;
+            if (content.len() as u64) < size {
+                return Err(StorageError::UploadDataLost {
+                    expected: size,
+                    actual: content.len() as u64,
+                });
+            }
+            Ok(content)
         })
         .await
         .map_err(io::Error::other)?

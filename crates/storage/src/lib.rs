@@ -141,7 +141,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes a stored blob. Removing a blob that is not stored is not an error.
     async fn delete_blob(&self, digest: &Digest) -> Result<()>;
 
-    /// Creates empty staging space for a new upload.
+    /// Prepares staging space for a new upload (which may be made only by
+    /// its first write): until written to, an upload holds 0 bytes.
     async fn start_upload(&self, upload: &UploadId) -> Result<()>;
 
     /// Appends `data` to an upload whose acknowledged size is `offset`, and makes
@@ -160,6 +161,11 @@ pub trait BlobStore: Send + Sync + 'static {
     /// `expected` and makes them the stored blob of that digest. On a mismatch
     /// nothing is stored and the staged data is removed.
     async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()>;
+
+    /// The first `size` bytes of an upload's staged data, for a blob small
+    /// enough to be kept in the metadata database. Fails with
+    /// `UploadDataLost` if fewer are staged.
+    async fn read_upload(&self, upload: &UploadId, size: u64) -> Result<Vec<u8>>;
 
     /// Removes an upload's staged data. Removing unknown uploads is not an error.
     async fn cancel_upload(&self, upload: &UploadId) -> Result<()>;

@@ -556,6 +556,16 @@ impl BlobStore for ObjectBlobStore {
         self.cancel_upload(upload).await
     }
 
+    async fn read_upload(&self, upload: &UploadId, size: u64) -> Result<Vec<u8>> {
+        let chain = self.chunk_chain(upload, size).await?;
+        let mut content = Vec::with_capacity(usize::try_from(size).unwrap_or_default());
+        let mut pieces = self.chain_stream(chain);
+        while let Some(piece) = pieces.next().await {
+            content.extend_from_slice(&piece?);
+        }
+        Ok(content)
+    }
+
     async fn cancel_upload(&self, upload: &UploadId) -> Result<()> {
         self.hash_progress.forget(upload);
         self.delete_prefix(&self.upload_directory(upload)).await

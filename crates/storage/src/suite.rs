@@ -27,6 +27,21 @@ pub async fn run(open: impl Fn() -> Box<dyn BlobStore>) {
     chunked_upload_commits_a_verified_blob(open()).await;
     failed_write_is_discarded_and_wrong_digest_stores_nothing(&open).await;
     limits_and_cancel(open()).await;
+    empty_upload_commits_the_empty_blob(open()).await;
+}
+
+/// An upload finished without a single write (a backend may not have made
+/// its staging space yet) holds 0 bytes and commits as the empty blob.
+async fn empty_upload_commits_the_empty_blob(store: Box<dyn BlobStore>) {
+    let upload = UploadId::generate();
+    store.start_upload(&upload).await.unwrap();
+    assert!(store.read_upload(&upload, 0).await.unwrap().is_empty());
+    let empty = Digest::sha256_of(b"");
+    store.commit_upload(&upload, 0, &empty).await.unwrap();
+    assert_eq!(store.blob_size(&empty).await.unwrap(), Some(0));
+    let read = store.read_blob(&empty, None).await.unwrap().unwrap();
+    assert!(read_all(read).await.is_empty());
+    assert!(store.list_uploads().await.unwrap().is_empty());
 }
 
 async fn chunked_upload_commits_a_verified_blob(store: Box<dyn BlobStore>) {
@@ -43,6 +58,15 @@ async fn chunked_upload_commits_a_verified_blob(store: Box<dyn BlobStore>) {
         .unwrap();
     assert_eq!(second.size, 11);
     let digest = Digest::sha256_of(b"hello world");
+    assert_eq!(
+        store.read_upload(&upload, 11).await.unwrap(),
+        b"hello world"
+    );
+    assert_eq!(store.read_upload(&upload, 6).await.unwrap(), b"hello ");
+    assert!(matches!(
+        store.read_upload(&upload, 12).await,
+        Err(StorageError::UploadDataLost { expected: 12, .. })
+    ));
     store.commit_upload(&upload, 11, &digest).await.unwrap();
     assert_eq!(store.blob_size(&digest).await.unwrap(), Some(11));
     let range = ByteRange { start: 6, end: 10 };
@@ -68,11 +92,11 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
     let store = open();
     let upload = UploadId::generate();
     store.start_upload(&upload).await.unwrap();
-    assert_eq!(store.list_uploads().await.unwrap(), vec![upload.clone()]);
     store
         .write_upload(&upload, 0, body(&[b"abc"]), None)
         .await
         .unwrap();
+    assert_eq!(store.list_uploads().await.unwrap(), vec![upload.clone()]);
     let broken = stream::iter(vec![
         Ok(Bytes::from_static(b"garbage")),
         Err(io::Error::other("connection reset")),
@@ -83,6 +107,8 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
         .await
         .unwrap_err();
     assert!(matches!(error, StorageError::Body(_)));
+    // Reading back gives the acknowledged bytes, not what the failed write left.
+    assert_eq!(store.read_upload(&upload, 3).await.unwrap(), b"abc");
     // A fresh handle has no hash progress, so commit reads the staged data.
     let reopened = open();
     reopened

@@ -83,13 +83,23 @@ pub async fn get(
     method: &Method,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let size = state
-        .meta
-        .repository_blob(name, digest)
-        .await?
-        .ok_or_else(|| ApiError::BlobUnknown {
-            digest: digest.clone(),
-        })?;
+    // A GET also fetches the bytes of a blob kept in the database; a HEAD
+    // needs only the size.
+    let blob = if method == Method::HEAD {
+        state
+            .meta
+            .repository_blob(name, digest)
+            .await?
+            .map(|size| kai_meta::BlobForRead {
+                size,
+                content: None,
+            })
+    } else {
+        state.meta.repository_blob_for_read(name, digest).await?
+    };
+    let kai_meta::BlobForRead { size, content } = blob.ok_or_else(|| ApiError::BlobUnknown {
+        digest: digest.clone(),
+    })?;
     let range = match parse_range(
         headers.get("range").and_then(|value| value.to_str().ok()),
         size,
@@ -117,6 +127,16 @@ pub async fn get(
     response = response.header("content-length", length);
     if method == Method::HEAD {
         return response.body(Body::empty()).map_err(ApiError::internal);
+    }
+    if let Some(content) = content {
+        let content = bytes::Bytes::from(content);
+        let content = match range {
+            Some(range) => content.slice(range.start as usize..=range.end as usize),
+            None => content,
+        };
+        return response
+            .body(Body::from(content))
+            .map_err(ApiError::internal);
     }
     if range.is_none() && state.config.s3.redirect {
         let valid_for = std::time::Duration::from_secs(300);

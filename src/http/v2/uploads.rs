@@ -141,6 +141,38 @@ enum Acknowledge {
     Nothing,
 }
 
+/// How many bytes the request body holds, as the client announced it: its
+/// `Content-Length`, or the `Content-Range` of a chunk, which must start at
+/// the upload's acknowledged `size` and agree with the length. `None` when the
+/// client announced neither.
+fn announced_length(
+    name: &RepositoryName,
+    upload: &UploadId,
+    size: u64,
+    headers: &HeaderMap,
+) -> Result<Option<u64>, ApiError> {
+    let declared_length = content_length(headers);
+    let Some((start, end)) = content_range(headers)? else {
+        return Ok(declared_length);
+    };
+    if start != size {
+        return Err(ApiError::ChunkOutOfOrder {
+            size,
+            location: upload_location(name, upload),
+        });
+    }
+    let range_length = end - start + 1;
+    if declared_length.is_some_and(|length| length != range_length) {
+        return Err(ApiError::SizeInvalid {
+            reason: format!(
+                "Content-Range covers {range_length} bytes but Content-Length is {}",
+                declared_length.unwrap_or_default()
+            ),
+        });
+    }
+    Ok(Some(range_length))
+}
+
 /// Appends the request body to the upload, checking `Content-Range` and
 /// `Content-Length`, and (with `Acknowledge::Size`) records the new size.
 /// Returns it.
@@ -155,27 +187,7 @@ async fn receive(
     body: Body,
     acknowledge: Acknowledge,
 ) -> Result<u64, ApiError> {
-    let declared_length = content_length(headers);
-    let range = content_range(headers)?;
-    let mut expected = declared_length;
-    if let Some((start, end)) = range {
-        if start != size {
-            return Err(ApiError::ChunkOutOfOrder {
-                size,
-                location: upload_location(name, upload),
-            });
-        }
-        let range_length = end - start + 1;
-        if declared_length.is_some_and(|length| length != range_length) {
-            return Err(ApiError::SizeInvalid {
-                reason: format!(
-                    "Content-Range covers {range_length} bytes but Content-Length is {}",
-                    declared_length.unwrap_or_default()
-                ),
-            });
-        }
-        expected = Some(range_length);
-    }
+    let expected = announced_length(name, upload, size, headers)?;
     if expected == Some(0) {
         return Ok(size);
     }
@@ -228,8 +240,91 @@ async fn complete(
     }
     state
         .meta
-        .finish_upload(upload.as_str(), name, digest, size)
+        .finish_upload(upload.as_str(), name, digest, size, None)
         .await?;
+    Ok(blob_created(name, digest))
+}
+
+/// The length of the last request of an upload, if the blob it completes
+/// (`staged` bytes already acknowledged, then this body) is small enough to
+/// be kept in the metadata database.
+fn inline_length(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+    staged: u64,
+    headers: &HeaderMap,
+    body: &Body,
+) -> Result<Option<u64>, ApiError> {
+    use axum::body::HttpBody as _;
+    // A request without Content-Length or chunked encoding has no body.
+    let length = match announced_length(name, upload, staged, headers)? {
+        Some(length) => Some(length),
+        None => body.size_hint().exact(),
+    };
+    let limit = state.config.uploads.inline_max_bytes;
+    Ok(length.filter(|&length| {
+        limit > 0
+            && staged
+                .checked_add(length)
+                .is_some_and(|total| total <= limit)
+    }))
+}
+
+/// `complete` for a blob small enough to be kept in the metadata database:
+/// the staged bytes and the body (`length` bytes) are gathered in memory and
+/// verified, and the one commit that links the blob and ends the session
+/// stores them. That is one sync per push where the blob store needs three
+/// (the file, its directory entry, then the commit). The staged data is
+/// removed afterwards; if that is interrupted, the clean-up at start removes
+/// it, as it has no session any more.
+async fn complete_inline(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+    staged: u64,
+    body: Body,
+    length: u64,
+    digest: &Digest,
+) -> Result<Response, ApiError> {
+    use futures::StreamExt as _;
+    let mut content = if staged > 0 {
+        state.blobs.read_upload(upload, staged).await?
+    } else {
+        Vec::new()
+    };
+    let mut received = 0u64;
+    let mut pieces = body_stream(body);
+    while let Some(piece) = pieces.next().await {
+        let piece = piece.map_err(|error| StorageError::Body(error.to_string()))?;
+        received += piece.len() as u64;
+        if received > length {
+            return Err(StorageError::TooLarge { limit: length }.into());
+        }
+        content.extend_from_slice(&piece);
+    }
+    if received != length {
+        return Err(ApiError::SizeInvalid {
+            reason: format!("received {received} bytes, but {length} were announced"),
+        });
+    }
+    let actual = digest.same_algorithm_of(&content);
+    if actual != *digest {
+        // As in `complete`: a mismatch ends the session and its staged data.
+        discard_session(state, upload).await?;
+        return Err(ApiError::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    let size = content.len() as u64;
+    state
+        .meta
+        .finish_upload(upload.as_str(), name, digest, size, Some(content))
+        .await?;
+    if let Err(error) = state.blobs.cancel_upload(upload).await {
+        tracing::warn!(%upload, %error, "cannot remove the staged data of a finished upload; the next start removes it");
+    }
     Ok(blob_created(name, digest))
 }
 
@@ -294,6 +389,9 @@ pub async fn start(
         let (parts, body) = request.into_parts();
         let upload = open_session(state, name, auth).await?;
         let outcome = async {
+            if let Some(length) = inline_length(state, name, &upload, 0, &parts.headers, &body)? {
+                return complete_inline(state, name, &upload, 0, body, length, &digest).await;
+            }
             let size = receive(
                 state,
                 name,
@@ -374,6 +472,9 @@ pub async fn finish(
     let _guard = state.upload_locks.lock(upload).await;
     let session = session(state, name, upload, auth).await?;
     let (parts, body) = request.into_parts();
+    if let Some(length) = inline_length(state, name, upload, session.size, &parts.headers, &body)? {
+        return complete_inline(state, name, upload, session.size, body, length, &digest).await;
+    }
     let size = receive(
         state,
         name,
