@@ -22,7 +22,9 @@ use crate::progress::HashProgress;
 use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Written};
 
 /// How many bytes of a blob file one memory mapping covers when it is served.
-const MAP_WINDOW: u64 = 1024 * 1024;
+/// Mapped pages count in the resident memory while they are sent: 512 KiB
+/// pulls as fast as 1 MiB did, with two windows in flight 1 MiB less.
+const MAP_WINDOW: u64 = 512 * 1024;
 /// How many bytes one read of a staged upload asks for when it is rehashed.
 const READ_CHUNK: usize = 1024 * 1024;
 /// How many bytes the upload writer gathers from small received chunks before
