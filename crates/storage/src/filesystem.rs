@@ -41,7 +41,7 @@ const WRITE_QUEUE: usize = 4;
 const SMALL_WRITE: u64 = 128 * 1024;
 /// How many written bytes accumulate before the writeback thread is woken to
 /// sync them, so the fsync at the end finds little left to do.
-const WRITEBACK_STEP: u64 = 2 * 1024 * 1024;
+const WRITEBACK_STEP: u64 = 1024 * 1024;
 
 pub struct FilesystemStore {
     root: PathBuf,
