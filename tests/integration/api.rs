@@ -77,28 +77,13 @@ async fn small_blobs_live_in_the_database_and_read_like_any_other() {
         registry.push_blob("inline/app", &small).await;
         registry.push_blob("inline/app", &over_the_limit).await;
         // Pushed as docker does: two chunks, then a PUT without a body.
-        let start = registry
-            .request(Method::POST, "/v2/inline/app/blobs/uploads/")
-            .send()
-            .await
-            .unwrap();
-        let location = header(&start, "location");
-        for (offset, chunk) in [
-            (0, &at_the_limit[..40_000]),
-            (40_000, &at_the_limit[40_000..]),
-        ] {
-            let patch = registry
-                .request(Method::PATCH, &location)
-                .header(
-                    "content-range",
-                    format!("{offset}-{}", offset + chunk.len() - 1),
-                )
-                .body(chunk.to_vec())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(patch.status(), StatusCode::ACCEPTED);
-        }
+        let location = registry.start_upload("inline/app").await;
+        let location = registry
+            .patch_chunk(&location, 0, &at_the_limit[..40_000])
+            .await;
+        let location = registry
+            .patch_chunk(&location, 40_000, &at_the_limit[40_000..])
+            .await;
         let digest = sha256(&at_the_limit);
         let finish = registry
             .request(Method::PUT, &format!("{location}?digest={digest}"))

@@ -219,48 +219,6 @@ async fn settled_snapshot(registry: &TestRegistry, expected: &Snapshot) -> Snaps
     current
 }
 
-/// Starts an upload session in `name`. Returns its `Location`.
-async fn start_upload(registry: &TestRegistry, name: &str) -> String {
-    let response = registry
-        .request(Method::POST, &format!("/v2/{name}/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    header(&response, "location")
-}
-
-/// Appends a chunk at `start`, asserting the registry acknowledged it.
-async fn patch_chunk(
-    registry: &TestRegistry,
-    location: &str,
-    start: usize,
-    bytes: &[u8],
-) -> String {
-    let response = registry
-        .request(Method::PATCH, location)
-        .header(
-            "content-range",
-            format!("{start}-{}", start + bytes.len() - 1),
-        )
-        .header("content-type", "application/octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response.status(),
-        StatusCode::ACCEPTED,
-        "{}",
-        response.text().await.unwrap()
-    );
-    assert_eq!(
-        header(&response, "range"),
-        format!("0-{}", start + bytes.len() - 1)
-    );
-    header(&response, "location")
-}
-
 /// The `Range` an upload's status reports, or the error code.
 async fn upload_status(registry: &TestRegistry, location: &str) -> Result<String, String> {
     let response = registry.get(location).await;
@@ -366,11 +324,13 @@ async fn fixture() -> Fixture {
     let other_blob_digest = registry.push_blob(OTHER, other_blob).await;
 
     let open_upload_bytes = b"0123456789abcdefghij".to_vec();
-    let open_upload = start_upload(&registry, NAME).await;
-    let open_upload = patch_chunk(&registry, &open_upload, 0, &open_upload_bytes[..10]).await;
-    let other_upload = start_upload(&registry, OTHER).await;
+    let open_upload = registry.start_upload(NAME).await;
+    let open_upload = registry
+        .patch_chunk(&open_upload, 0, &open_upload_bytes[..10])
+        .await;
+    let other_upload = registry.start_upload(OTHER).await;
 
-    let finished_upload = start_upload(&registry, NAME).await;
+    let finished_upload = registry.start_upload(NAME).await;
     let finished_bytes = b"a blob that was uploaded and finished";
     let response = registry
         .request(
@@ -386,7 +346,7 @@ async fn fixture() -> Fixture {
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
 
-    let cancelled_upload = start_upload(&registry, NAME).await;
+    let cancelled_upload = registry.start_upload(NAME).await;
     let response = registry
         .request(Method::DELETE, &cancelled_upload)
         .send()
@@ -1345,13 +1305,9 @@ async fn bad_requests_get_their_error_and_change_nothing() {
     );
 
     // The session every chunk case was sent to still accepts the right chunk.
-    let location = patch_chunk(
-        registry,
-        &fixture.open_upload,
-        10,
-        &fixture.open_upload_bytes[10..],
-    )
-    .await;
+    let location = registry
+        .patch_chunk(&fixture.open_upload, 10, &fixture.open_upload_bytes[10..])
+        .await;
     let digest = sha256(&fixture.open_upload_bytes);
     let response = registry
         .request(
@@ -1374,9 +1330,9 @@ async fn wrong_digest_finishing_a_chunked_upload_stores_nothing_and_ends_the_ses
     let registry = TestRegistry::start().await;
     registry.push_image(NAME, "latest", b"some layer").await;
     let content = b"first chunk|second chunk|".to_vec();
-    let location = start_upload(&registry, NAME).await;
-    let location = patch_chunk(&registry, &location, 0, &content[..12]).await;
-    let location = patch_chunk(&registry, &location, 12, &content[12..]).await;
+    let location = registry.start_upload(NAME).await;
+    let location = registry.patch_chunk(&location, 0, &content[..12]).await;
+    let location = registry.patch_chunk(&location, 12, &content[12..]).await;
     let before = snapshot(&registry).await;
 
     let claimed = sha256(b"not what was uploaded");
@@ -1436,8 +1392,8 @@ async fn wrong_digest_finishing_a_chunked_upload_stores_nothing_and_ends_the_ses
 #[tokio::test]
 async fn wrong_digest_with_the_last_chunk_in_the_put_stores_nothing() {
     let registry = TestRegistry::start().await;
-    let location = start_upload(&registry, NAME).await;
-    let location = patch_chunk(&registry, &location, 0, b"abc").await;
+    let location = registry.start_upload(NAME).await;
+    let location = registry.patch_chunk(&location, 0, b"abc").await;
     let before = snapshot(&registry).await;
     let response = registry
         .request(
@@ -1523,8 +1479,8 @@ async fn monolithic_upload_reset_by_the_client_leaves_nothing_behind() {
 async fn chunk_reset_by_the_client_keeps_the_acknowledged_size() {
     let registry = TestRegistry::start().await;
     let content: Vec<u8> = (0..200_000u32).map(|index| (index % 241) as u8).collect();
-    let location = start_upload(&registry, NAME).await;
-    let location = patch_chunk(&registry, &location, 0, &content[..50_000]).await;
+    let location = registry.start_upload(NAME).await;
+    let location = registry.patch_chunk(&location, 0, &content[..50_000]).await;
     let before = snapshot(&registry).await;
     send_and_reset(
         &registry,
@@ -1540,7 +1496,9 @@ async fn chunk_reset_by_the_client_keeps_the_acknowledged_size() {
         upload_status(&registry, &location).await,
         Ok("0-49999".into())
     );
-    let location = patch_chunk(&registry, &location, 50_000, &content[50_000..]).await;
+    let location = registry
+        .patch_chunk(&location, 50_000, &content[50_000..])
+        .await;
     let response = registry
         .request(
             Method::PUT,
@@ -1580,8 +1538,8 @@ async fn truncated_monolithic_upload_stores_nothing() {
 async fn truncated_chunk_keeps_the_acknowledged_size_and_the_upload_resumes() {
     let registry = TestRegistry::start().await;
     let content: Vec<u8> = (0..3000u32).map(|index| (index % 251) as u8).collect();
-    let location = start_upload(&registry, NAME).await;
-    let location = patch_chunk(&registry, &location, 0, &content[..1000]).await;
+    let location = registry.start_upload(NAME).await;
+    let location = registry.patch_chunk(&location, 0, &content[..1000]).await;
     let before = snapshot(&registry).await;
 
     // The second chunk announces 1000 bytes and delivers 400 of them, some of
@@ -1609,7 +1567,9 @@ async fn truncated_chunk_keeps_the_acknowledged_size_and_the_upload_resumes() {
     );
 
     // The client resumes from what the registry acknowledged.
-    let location = patch_chunk(&registry, &location, 1000, &content[1000..2000]).await;
+    let location = registry
+        .patch_chunk(&location, 1000, &content[1000..2000])
+        .await;
     let response = registry
         .request(
             Method::PUT,

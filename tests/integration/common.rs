@@ -112,6 +112,44 @@ impl TestRegistry {
         digest
     }
 
+    /// Starts an upload session in `name`. Returns its `Location`.
+    pub async fn start_upload(&self, name: &str) -> String {
+        let response = self
+            .request(Method::POST, &format!("/v2/{name}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        header(&response, "location")
+    }
+
+    /// Appends a chunk at `start`, asserting the registry acknowledged it.
+    /// Returns the upload's `Location`.
+    pub async fn patch_chunk(&self, location: &str, start: usize, bytes: &[u8]) -> String {
+        let response = self
+            .request(Method::PATCH, location)
+            .header(
+                "content-range",
+                format!("{start}-{}", start + bytes.len() - 1),
+            )
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            response.text().await.unwrap()
+        );
+        assert_eq!(
+            header(&response, "range"),
+            format!("0-{}", start + bytes.len() - 1)
+        );
+        header(&response, "location")
+    }
+
     pub async fn put_manifest(
         &self,
         name: &str,
