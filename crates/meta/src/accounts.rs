@@ -11,7 +11,7 @@ use kai_auth::{AccountKind, RepositoryFacts, Role, TeamRole};
 use kai_oci::RepositoryName;
 use sqlx::Row;
 
-use crate::{now, MetaStore, Result, Upload};
+use crate::{now, Durability, MetaStore, Result, StatementArguments, Upload};
 
 /// A user, organisation or robot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -890,21 +890,17 @@ impl MetaStore {
         let now = now();
         let (id, repository) = (id.to_owned(), repository.as_str().to_owned());
         let owner = owner.map(str::to_owned);
-        self.write_relaxed(move |connection| {
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO uploads (id, repository, size, created_at, updated_at, owner) \
-                     VALUES ($1, $2, 0, $3, $3, $4)",
-                )
-                .bind(id)
-                .bind(repository)
-                .bind(now)
-                .bind(owner)
-                .execute(connection)
-                .await?;
-                Ok(())
-            })
-        })
+        let arguments = StatementArguments::default()
+            .with(id)?
+            .with(repository)?
+            .with(now)?
+            .with(owner)?;
+        self.write_statement(
+            Durability::Relaxed,
+            "INSERT INTO uploads (id, repository, size, created_at, updated_at, owner) \
+             VALUES ($1, $2, 0, $3, $3, $4)",
+            arguments,
+        )
         .await
     }
 

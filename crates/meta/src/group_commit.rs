@@ -9,10 +9,18 @@
 //! group asks for none: that group commits with `synchronous = NORMAL`,
 //! which survives a killed process but may roll back on power loss.
 //!
+//! A write that is one SQL text with its arguments (`write_statement`) and
+//! finds itself alone in its group runs as a single trip to SQLite's
+//! connection thread: the text is wrapped in `BEGIN IMMEDIATE ... COMMIT` (and
+//! the relaxed setting, if any) and executed at once. Every trip is a hand-off
+//! to that thread and back; for a serial client a write is nearly always
+//! alone, and its `BEGIN`, `COMMIT` and setting changes were most of the trips.
+//!
 //! PostgreSQL needs none of this: concurrent transactions on separate
 //! connections already share WAL flushes there.
 
 use futures::future::BoxFuture;
+use sqlx::any::AnyArguments;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,7 +39,41 @@ type Run = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Ran> +
 
 struct Job {
     durability: Durability,
-    run: Run,
+    work: Work,
+}
+
+/// What a queued write runs.
+enum Work {
+    /// Statements of its own choosing.
+    Run(Run),
+    /// One SQL text (it may hold several statements) with its arguments.
+    Statement {
+        sql: &'static str,
+        arguments: AnyArguments<'static>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+impl Work {
+    /// The write as statements run inside a group's transaction.
+    fn into_run(self) -> Run {
+        match self {
+            Work::Run(run) => run,
+            Work::Statement {
+                sql,
+                arguments,
+                reply,
+            } => replying_run(
+                move |connection| {
+                    Box::pin(async move {
+                        sqlx::query_with(sql, arguments).execute(connection).await?;
+                        Ok(())
+                    })
+                },
+                reply,
+            ),
+        }
+    }
 }
 
 struct Ran {
@@ -62,25 +104,32 @@ impl GroupCommitter {
         F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T>>();
-        let run: Run = Box::new(move |connection| {
-            Box::pin(async move {
-                let result = write(connection).await;
-                Ran {
-                    succeeded: result.is_ok(),
-                    answer: Box::new(move |committed| {
-                        let outcome = match committed {
-                            Ok(()) => result,
-                            // A failed write's error says more than the commit's.
-                            Err(_) if result.is_err() => result,
-                            Err(reason) => Err(MetaError::NotCommitted(reason)),
-                        };
-                        let _ = reply.send(outcome);
-                    }),
-                }
-            })
-        });
+        let work = Work::Run(replying_run(write, reply));
+        self.queue_and_wait(Job { durability, work }, answer).await
+    }
+
+    /// Runs `sql` (one or more statements) with `arguments` as [`Self::write`]
+    /// runs a write; alone in its group, in one trip to the connection's
+    /// thread. The statements must not depend on a count of changed rows,
+    /// which this does not return.
+    pub async fn write_statement(
+        &self,
+        durability: Durability,
+        sql: &'static str,
+        arguments: AnyArguments<'static>,
+    ) -> Result<()> {
+        let (reply, answer) = oneshot::channel::<Result<()>>();
+        let work = Work::Statement {
+            sql,
+            arguments,
+            reply,
+        };
+        self.queue_and_wait(Job { durability, work }, answer).await
+    }
+
+    async fn queue_and_wait<T>(&self, job: Job, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
         self.queue
-            .send(Job { durability, run })
+            .send(job)
             .await
             .map_err(|_| MetaError::NotCommitted("the database is closed".into()))?;
         answer.await.map_err(|_| {
@@ -89,6 +138,32 @@ impl GroupCommitter {
             )
         })?
     }
+}
+
+/// `write` as a group member: run, then answered through `reply` once the
+/// outcome of the group's commit is known.
+fn replying_run<T, F>(write: F, reply: oneshot::Sender<Result<T>>) -> Run
+where
+    T: Send + 'static,
+    F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+{
+    Box::new(move |connection| {
+        Box::pin(async move {
+            let result = write(connection).await;
+            Ran {
+                succeeded: result.is_ok(),
+                answer: Box::new(move |committed| {
+                    let outcome = match committed {
+                        Ok(()) => result,
+                        // A failed write's error says more than the commit's.
+                        Err(_) if result.is_err() => result,
+                        Err(reason) => Err(MetaError::NotCommitted(reason)),
+                    };
+                    let _ = reply.send(outcome);
+                }),
+            }
+        })
+    })
 }
 
 async fn commit_groups(writer: AnyPool, mut jobs: mpsc::Receiver<Job>) {
@@ -112,20 +187,76 @@ async fn commit_group(writer: &AnyPool, group: Vec<Job>) -> std::result::Result<
     let relaxed = group
         .iter()
         .all(|job| job.durability == Durability::Relaxed);
+    let mut group = group;
+    if group.len() == 1 && matches!(group[0].work, Work::Statement { .. }) {
+        let Some(Job {
+            work:
+                Work::Statement {
+                    sql,
+                    arguments,
+                    reply,
+                },
+            ..
+        }) = group.pop()
+        else {
+            unreachable!("checked above");
+        };
+        return commit_alone(&mut connection, relaxed, sql, arguments, reply).await;
+    }
     if relaxed {
         connection.execute("PRAGMA synchronous = NORMAL").await?;
     }
     let committed = run_group(&mut connection, group).await;
     if relaxed {
-        // Restored before the connection serves another group. If this fails
-        // the connection must not stay relaxed: close it, and the pool opens
-        // a new one with the durable settings.
-        if let Err(error) = connection.execute("PRAGMA synchronous = FULL").await {
-            connection.close_on_drop();
-            return Err(error);
-        }
+        restore_durability(&mut connection).await?;
     }
     committed
+}
+
+/// Runs a lone statement write and its transaction in one trip. The caller is
+/// answered as soon as the commit is known; the relaxed setting is undone
+/// afterwards, before the connection serves another group. If anything fails,
+/// the transaction may still be open and the setting relaxed: the connection
+/// is closed, which rolls back, and the pool opens a new one with the durable
+/// settings.
+async fn commit_alone(
+    connection: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+    relaxed: bool,
+    sql: &'static str,
+    arguments: AnyArguments<'static>,
+    reply: oneshot::Sender<Result<()>>,
+) -> std::result::Result<(), sqlx::Error> {
+    let text = if relaxed {
+        format!("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; {sql}; COMMIT")
+    } else {
+        format!("BEGIN IMMEDIATE; {sql}; COMMIT")
+    };
+    let outcome = sqlx::query_with(&text, arguments)
+        .execute(&mut **connection)
+        .await;
+    let failed = outcome.is_err();
+    let _ = reply.send(outcome.map(|_| ()).map_err(MetaError::from));
+    if failed {
+        connection.close_on_drop();
+        return Ok(());
+    }
+    if relaxed {
+        restore_durability(connection).await?;
+    }
+    Ok(())
+}
+
+/// Sets a connection back to durable commits after a relaxed group. If that
+/// fails the connection must not stay relaxed: it is closed, and the pool
+/// opens a new one with the durable settings.
+async fn restore_durability(
+    connection: &mut sqlx::pool::PoolConnection<sqlx::Any>,
+) -> std::result::Result<(), sqlx::Error> {
+    if let Err(error) = connection.execute("PRAGMA synchronous = FULL").await {
+        connection.close_on_drop();
+        return Err(error);
+    }
+    Ok(())
 }
 
 async fn run_group(
@@ -137,7 +268,7 @@ async fn run_group(
     if group.len() == 1 {
         // Alone, the write needs no savepoint: the transaction is its own.
         let job = group.into_iter().next().expect("one job");
-        let ran = (job.run)(&mut transaction).await;
+        let ran = (job.work.into_run())(&mut transaction).await;
         if !ran.succeeded {
             transaction.rollback().await?;
             (ran.answer)(Ok(()));
@@ -147,7 +278,7 @@ async fn run_group(
     } else {
         for job in group {
             let mut savepoint = transaction.begin().await?;
-            let ran = (job.run)(&mut savepoint).await;
+            let ran = (job.work.into_run())(&mut savepoint).await;
             if ran.succeeded {
                 savepoint.commit().await?;
             } else {

@@ -273,13 +273,27 @@ impl MetaStore {
         self.write_with(Durability::Durable, write).await
     }
 
-    /// `write` for a change a power loss may undo (see `Durability::Relaxed`).
-    async fn write_relaxed<T, F>(&self, write: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
-    {
-        self.write_with(Durability::Relaxed, write).await
+    /// Runs `sql` with `arguments` as one write: grouped on SQLite, where a
+    /// lone write then costs a single trip to the connection's thread (see
+    /// `group_commit`). `sql` may hold several statements on SQLite only;
+    /// PostgreSQL prepares one statement at a time.
+    async fn write_statement(
+        &self,
+        durability: Durability,
+        sql: &'static str,
+        arguments: StatementArguments,
+    ) -> Result<()> {
+        let arguments = arguments.0;
+        if let Some(committer) = &self.grouped {
+            return committer.write_statement(durability, sql, arguments).await;
+        }
+        self.write_with(durability, move |connection| {
+            Box::pin(async move {
+                sqlx::query_with(sql, arguments).execute(connection).await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     async fn write_with<T, F>(&self, durability: Durability, write: F) -> Result<T>
@@ -395,22 +409,22 @@ impl MetaStore {
         let repository = repository.as_str().to_owned();
         let digest = digest.to_string();
         let upload = upload.map(str::to_owned);
-        let sqlite = self.grouped.is_some();
+        if self.grouped.is_some() {
+            // SQLite: one SQL text, so that alone it is one trip to the
+            // connection's thread.
+            let arguments = StatementArguments::default()
+                .with(upload)?
+                .with(repository)?
+                .with(digest)?
+                .with(size as i64)?
+                .with(now)?
+                .with(content)?;
+            return self
+                .write_statement(Durability::Durable, LINK_BLOB_SQLITE, arguments)
+                .await;
+        }
         self.write(move |connection| {
             Box::pin(async move {
-                if sqlite {
-                    // One trip to SQLite's connection thread instead of four.
-                    sqlx::query(LINK_BLOB_SQLITE)
-                        .bind(upload)
-                        .bind(&repository)
-                        .bind(&digest)
-                        .bind(size as i64)
-                        .bind(now)
-                        .bind(content)
-                        .execute(&mut *connection)
-                        .await?;
-                    return Ok(());
-                }
                 if let Some(upload) = upload {
                     sqlx::query("DELETE FROM uploads WHERE id = $1")
                         .bind(upload)
@@ -847,6 +861,24 @@ impl MetaStore {
     }
 }
 
+/// Arguments of a [`MetaStore::write_statement`], bound to `$1`, `$2`, ... in
+/// the order they are added.
+#[derive(Default)]
+pub(crate) struct StatementArguments(sqlx::any::AnyArguments<'static>);
+
+impl StatementArguments {
+    pub(crate) fn with<T>(mut self, value: T) -> Result<Self>
+    where
+        T: sqlx::Encode<'static, sqlx::Any> + sqlx::Type<sqlx::Any> + 'static,
+    {
+        use sqlx::Arguments as _;
+        self.0
+            .add(value)
+            .map_err(|error| MetaError::Database(sqlx::Error::Encode(error)))?;
+        Ok(self)
+    }
+}
+
 fn stored_manifest(row: sqlx::any::AnyRow) -> StoredManifest {
     StoredManifest {
         digest: row.get(0),
@@ -1075,6 +1107,81 @@ mod tests {
                 .unwrap();
             assert_eq!(old.size, 10);
         }
+    }
+
+    /// A lone statement write runs with its transaction in one trip. When a
+    /// statement in the middle of it fails, nothing of it is kept, its caller
+    /// gets the error, and the next writes commit durably as usual.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_write_that_fails_halfway_keeps_nothing() {
+        let (_directory, url, meta) = sqlite_store().await;
+        let repository: RepositoryName = "lone/write".parse().unwrap();
+        meta.create_upload("session", &repository).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse_links BEFORE INSERT ON repository_blobs \
+             BEGIN SELECT RAISE(ABORT, 'links refused by the test'); END",
+        )
+        .execute(&meta.writer)
+        .await
+        .unwrap();
+        let digest = kai_oci::Digest::sha256_of(b"refused");
+        let error = meta
+            .finish_upload(
+                "session",
+                &repository,
+                &digest,
+                7,
+                Some(b"refused".to_vec()),
+            )
+            .await
+            .expect_err("the trigger refuses the link");
+        assert!(error.to_string().contains("links refused"), "{error}");
+        // The session's removal and the blob's record came before the failing
+        // statement, in the same transaction: both were rolled back.
+        assert!(meta.upload("session").await.unwrap().is_some());
+        assert_eq!(
+            meta.repository_blob(&repository, &digest).await.unwrap(),
+            None
+        );
+        let blobs: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs")
+            .fetch_one(&meta.reader)
+            .await
+            .unwrap();
+        assert_eq!(blobs, 0);
+
+        sqlx::query("DROP TRIGGER refuse_links")
+            .execute(&meta.writer)
+            .await
+            .unwrap();
+        meta.create_upload("after", &repository).await.unwrap();
+        meta.finish_upload(
+            "session",
+            &repository,
+            &digest,
+            7,
+            Some(b"refused".to_vec()),
+        )
+        .await
+        .unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&meta.writer)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "the writer is back to synchronous = FULL");
+        meta.close().await;
+        let reopened = MetaStore::open(&url).await.unwrap();
+        assert!(reopened.upload("session").await.unwrap().is_none());
+        assert!(reopened.upload("after").await.unwrap().is_some());
+        assert_eq!(
+            reopened
+                .repository_blob_for_read(&repository, &digest)
+                .await
+                .unwrap(),
+            Some(BlobForRead {
+                size: 7,
+                content: Some(b"refused".to_vec())
+            })
+        );
     }
 
     /// Concurrent writes on SQLite share transactions; a write that fails
