@@ -322,10 +322,25 @@ async fn complete_inline(
         .meta
         .finish_upload(upload.as_str(), name, digest, size, Some(content))
         .await?;
-    if let Err(error) = state.blobs.cancel_upload(upload).await {
-        tracing::warn!(%upload, %error, "cannot remove the staged data of a finished upload; the next start removes it");
+    if staged > 0 {
+        remove_finished_staging(state.blobs.as_ref(), upload).await;
+    } else {
+        // Nothing was acknowledged before this request, so there is at most
+        // the remnant of a failed write to remove. That happens while the
+        // client gets its answer: waiting would only delay it by a hand-off
+        // to a blocking thread and back.
+        let (blobs, upload) = (state.blobs.clone(), upload.clone());
+        tokio::spawn(async move { remove_finished_staging(blobs.as_ref(), &upload).await });
     }
     Ok(blob_created(name, digest))
+}
+
+/// Removes the staged data of an upload whose blob is stored. A failure only
+/// leaves a file that the clean-up at start removes.
+async fn remove_finished_staging(blobs: &dyn kai_storage::BlobStore, upload: &UploadId) {
+    if let Err(error) = blobs.cancel_upload(upload).await {
+        tracing::warn!(%upload, %error, "cannot remove the staged data of a finished upload; the next start removes it");
+    }
 }
 
 /// Creates an upload session, owned by the account asking: the metadata row
