@@ -33,8 +33,10 @@ const READ_CHUNK: usize = 1024 * 1024;
 const WRITE_BUFFER: usize = 64 * 1024;
 /// How many received chunks may wait for the writer and for the hasher. A
 /// chunk is at most a few hundred KiB (hyper's read buffer), so this bounds
-/// the memory one upload holds to a few MiB whatever the blob size.
-const WRITE_QUEUE: usize = 4;
+/// the memory one upload holds to a few MiB whatever the blob size. Two
+/// instead of four hold about 1.5 MiB less at the peak of a 256 MiB push, for
+/// 3 to 6 % of push throughput in A/B runs.
+const WRITE_QUEUE: usize = 2;
 /// Writes announced at most this long are received whole and then written and
 /// hashed in one blocking call: for small blobs, thread hand-offs cost more
 /// than the overlap saves.
