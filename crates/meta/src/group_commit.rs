@@ -182,12 +182,14 @@ async fn commit_groups(writer: AnyPool, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
-async fn commit_group(writer: &AnyPool, group: Vec<Job>) -> std::result::Result<(), sqlx::Error> {
+async fn commit_group(
+    writer: &AnyPool,
+    mut group: Vec<Job>,
+) -> std::result::Result<(), sqlx::Error> {
     let mut connection = writer.acquire().await?;
     let relaxed = group
         .iter()
         .all(|job| job.durability == Durability::Relaxed);
-    let mut group = group;
     if group.len() == 1 && matches!(group[0].work, Work::Statement { .. }) {
         let Some(Job {
             work:
