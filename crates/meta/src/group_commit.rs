@@ -215,12 +215,15 @@ async fn commit_group(
     committed
 }
 
-/// Runs a lone statement write and its transaction in one trip. The caller is
-/// answered as soon as the commit is known; the relaxed setting is undone
-/// afterwards, before the connection serves another group. If anything fails,
-/// the transaction may still be open and the setting relaxed: the connection
-/// is closed, which rolls back, and the pool opens a new one with the durable
-/// settings.
+/// Runs a lone statement write and its transaction in one trip. A relaxed
+/// write sets `synchronous = NORMAL` before its `BEGIN` and back to `FULL`
+/// after its `COMMIT`, in the same trip. If anything fails, the transaction
+/// may still be open and the setting relaxed: the connection is closed, which
+/// rolls back, and the pool opens a new one with the durable settings. Only
+/// the final setting can fail after the commit; setting a flag fails only
+/// when SQLite runs out of memory, and then a relaxed write (a new upload
+/// session) is reported failed though its row exists. The client starts
+/// another session, and the stale-session sweep removes the row.
 async fn commit_alone(
     connection: &mut sqlx::pool::PoolConnection<sqlx::Any>,
     relaxed: bool,
@@ -229,22 +232,19 @@ async fn commit_alone(
     reply: oneshot::Sender<Result<()>>,
 ) -> std::result::Result<(), sqlx::Error> {
     let text = if relaxed {
-        format!("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; {sql}; COMMIT")
+        format!(
+            "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; {sql}; COMMIT; PRAGMA synchronous = FULL"
+        )
     } else {
         format!("BEGIN IMMEDIATE; {sql}; COMMIT")
     };
     let outcome = sqlx::query_with(&text, arguments)
         .execute(&mut **connection)
         .await;
-    let failed = outcome.is_err();
-    let _ = reply.send(outcome.map(|_| ()).map_err(MetaError::from));
-    if failed {
+    if outcome.is_err() {
         connection.close_on_drop();
-        return Ok(());
     }
-    if relaxed {
-        restore_durability(connection).await?;
-    }
+    let _ = reply.send(outcome.map(|_| ()).map_err(MetaError::from));
     Ok(())
 }
 
