@@ -15,13 +15,7 @@ async fn chunked_upload_alternating_between_replicas() {
     let bytes: Vec<u8> = (0..3_000_000u32).map(|index| (index % 253) as u8).collect();
     let digest = sha256(&bytes);
 
-    let start = first
-        .request(Method::POST, "/v2/scale/app/blobs/uploads/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(start.status(), StatusCode::ACCEPTED);
-    let location = header(&start, "location");
+    let location = first.start_upload("scale/app").await;
     let chunks = [
         &bytes[..1_000_000],
         &bytes[1_000_000..2_000_000],
@@ -30,21 +24,8 @@ async fn chunked_upload_alternating_between_replicas() {
     let replicas = [&first, &second, &first];
     let mut offset = 0;
     for (chunk, replica) in chunks.iter().zip(replicas) {
-        let end = offset + chunk.len() - 1;
-        let patch = replica
-            .request(Method::PATCH, &location)
-            .header("content-range", format!("{offset}-{end}"))
-            .body(chunk.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            patch.status(),
-            StatusCode::ACCEPTED,
-            "{}",
-            patch.text().await.unwrap()
-        );
-        offset = end + 1;
+        replica.patch_chunk(&location, offset, chunk).await;
+        offset += chunk.len();
     }
     let status = second.get(&location).await;
     assert_eq!(header(&status, "range"), format!("0-{}", bytes.len() - 1));
