@@ -76,7 +76,7 @@ async fn audit(meta: &MetaStore, actor: &Actor, action: &str, target: &str, deta
 
 async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
-    tokio::task::spawn_blocking(move || kai_auth::password::hash(&password))
+    crate::passwords::run(move || kai_auth::password::hash(&password))
         .await
         .map_err(|error| ManageError::Internal(error.to_string()))?
         .map_err(|error| ManageError::Invalid(error.to_string()))

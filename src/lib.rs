@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod memory;
+pub mod passwords;
 pub mod server;
 pub mod tls;

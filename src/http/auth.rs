@@ -366,7 +366,7 @@ async fn check_secret(
     let Some(secrets) = secrets else {
         // Spend the time a real check takes, so timing does not tell names apart.
         let secret = secret.to_owned();
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = crate::passwords::run(move || {
             kai_auth::password::verify(&secret, kai_auth::password::decoy_hash())
         })
         .await;
@@ -398,10 +398,9 @@ async fn check_secret(
                 return Ok(None);
             };
             let secret = secret.to_owned();
-            let matches =
-                tokio::task::spawn_blocking(move || kai_auth::password::verify(&secret, &hash))
-                    .await
-                    .map_err(|error| LoginError::Failed(ApiError::internal(error)))?;
+            let matches = crate::passwords::run(move || kai_auth::password::verify(&secret, &hash))
+                .await
+                .map_err(|error| LoginError::Failed(ApiError::internal(error)))?;
             Ok(matches.then_some((caller, None)))
         }
         AccountKind::Organization => Ok(None),
