@@ -7,9 +7,10 @@
 //! 2.5 MB a registry runs is spread over the 11 MB of code, among error paths,
 //! the PostgreSQL and S3 clients and the command-line parser, and most of
 //! the binary ends up resident. `layout/hot-functions.txt` names the functions
-//! the benchmark's smoke round executes (`scripts/code-layout` writes it); the
-//! linker puts them first, one after the other. Nothing else changes: a
-//! function missing from the list, or listed but gone, keeps its default place.
+//! the benchmark's smoke round executes, then those `kai doctor` adds over
+//! HTTPS with a login (`scripts/code-layout` writes it); the linker puts them
+//! first, in that order. Nothing else changes: a function missing from the
+//! list, or listed but gone, keeps its default place.
 //!
 //! The list is only given to a linker known to read it: a release build for
 //! x86_64 Linux (glibc) with Rust 1.90 or later, which links with the LLD that

@@ -34,8 +34,9 @@ const ARENAS: i32 = 2;
 /// buffers (at most a few hundred KiB), which the heap reuses.
 const OWN_MAPPING: i32 = 4 << 20;
 
-/// Caps the allocator's arenas, fixes its thresholds and starts a thread that trims the heap once a
-/// `TRIM_INTERVAL`. Call once, before the runtime's threads start.
+/// Caps the allocator's arenas, fixes its thresholds and starts a thread that
+/// trims the heap once a `TRIM_INTERVAL`. Call once, before the runtime's
+/// threads start.
 pub fn keep_resident_memory_low() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     glibc::keep_resident_memory_low();
