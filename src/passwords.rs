@@ -22,7 +22,15 @@ use tokio::task::JoinError;
 pub async fn run<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, JoinError> {
-    let permit = Arc::clone(permits())
+    run_with(permits(), work).await
+}
+
+/// `run` with the given permits (each test has its own).
+async fn run_with<T: Send + 'static>(
+    permits: &Arc<Semaphore>,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, JoinError> {
+    let permit = Arc::clone(permits)
         .acquire_owned()
         .await
         .expect("the password semaphore is never closed");
@@ -41,33 +49,66 @@ fn permits() -> &'static Arc<Semaphore> {
 }
 
 /// How many hashes may run at once: the number of cores this process may use.
-pub fn concurrent_hashes() -> usize {
+fn concurrent_hashes() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| cores.get())
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
 
+    /// Permits of their own, one per core: tests running side by side in this
+    /// process would otherwise take each other's turns.
+    fn own_permits() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(concurrent_hashes()))
+    }
+
+    /// Counts the hashes running at once, and the most there ever were.
+    #[derive(Default)]
+    struct Gauge {
+        running: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl Gauge {
+        /// Stand-in for a hash: counted while it runs, which takes `pause`.
+        fn hash(self: &Arc<Self>, pause: Duration) -> impl FnOnce() + Send + 'static {
+            let gauge = Arc::clone(self);
+            move || {
+                let now = gauge.running.fetch_add(1, Ordering::SeqCst) + 1;
+                gauge.most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(pause);
+                gauge.running.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+
+        fn running(&self) -> usize {
+            self.running.load(Ordering::SeqCst)
+        }
+
+        fn most(&self) -> usize {
+            self.most.load(Ordering::SeqCst)
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn no_more_hashes_run_at_once_than_there_are_cores() {
-        let running = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
+        let permits = own_permits();
+        let gauge = Arc::new(Gauge::default());
         let tasks: Vec<_> = (0..8 * concurrent_hashes() + 4)
             .map(|index| {
-                let running = Arc::clone(&running);
-                let most = Arc::clone(&most);
-                tokio::spawn(run(move || {
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    most.fetch_max(now, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(20));
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    index
-                }))
+                let hash = gauge.hash(Duration::from_millis(20));
+                let permits = Arc::clone(&permits);
+                tokio::spawn(async move {
+                    run_with(&permits, move || {
+                        hash();
+                        index
+                    })
+                    .await
+                })
             })
             .collect();
         for (index, task) in tasks.into_iter().enumerate() {
@@ -77,7 +118,7 @@ mod tests {
                 "every hash runs and returns its own result"
             );
         }
-        let most = most.load(Ordering::SeqCst);
+        let most = gauge.most();
         assert!(
             most <= concurrent_hashes(),
             "{most} hashes ran at once on {} cores",
@@ -88,23 +129,18 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_hash_whose_caller_hung_up_still_counts_until_it_ends() {
         let cores = concurrent_hashes();
-        let running = Arc::new(AtomicUsize::new(0));
-        let most = Arc::new(AtomicUsize::new(0));
-        let work = |pause: Duration| {
-            let running = Arc::clone(&running);
-            let most = Arc::clone(&most);
-            move || {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                std::thread::sleep(pause);
-                running.fetch_sub(1, Ordering::SeqCst);
-            }
+        let permits = own_permits();
+        let gauge = Arc::new(Gauge::default());
+        let spawn = |pause: Duration| {
+            let permits = Arc::clone(&permits);
+            let hash = gauge.hash(pause);
+            tokio::spawn(async move { run_with(&permits, hash).await })
         };
         // One long hash per core; their callers give up once they all run.
         let abandoned: Vec<_> = (0..cores)
-            .map(|_| tokio::spawn(run(work(Duration::from_millis(300)))))
+            .map(|_| spawn(Duration::from_millis(300)))
             .collect();
-        while running.load(Ordering::SeqCst) < cores {
+        while gauge.running() < cores {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for task in &abandoned {
@@ -112,12 +148,12 @@ mod tests {
         }
         // New hashes wait for the abandoned ones to end.
         let waiting: Vec<_> = (0..cores)
-            .map(|_| tokio::spawn(run(work(Duration::from_millis(10)))))
+            .map(|_| spawn(Duration::from_millis(10)))
             .collect();
         for task in waiting {
             task.await.unwrap().unwrap();
         }
-        let most = most.load(Ordering::SeqCst);
+        let most = gauge.most();
         assert!(most <= cores, "{most} hashes ran at once on {cores} cores");
     }
 }
