@@ -94,6 +94,12 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_shared_permits_are_one_per_core() {
+        // Nothing else in this test binary hashes a password.
+        assert_eq!(permits().available_permits(), concurrent_hashes());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn no_more_hashes_run_at_once_than_there_are_cores() {
         let permits = own_permits();
