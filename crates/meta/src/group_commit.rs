@@ -16,8 +16,18 @@
 //! to that thread and back; for a serial client a write is nearly always
 //! alone, and its `BEGIN`, `COMMIT` and setting changes were most of the trips.
 //!
+//! Checkpoints (copying the write-ahead log into the database file, with two
+//! syncs) run on a reader connection, half a second after commits, beside
+//! the writer. SQLite's own automatic checkpoint runs inside the commit that
+//! crosses its threshold (every 1,000 pages by default), which then waits
+//! for it: those commits were the slowest 1 % of manifest PUTs (p99 2.2-2.9
+//! ms against 1.25-1.29 ms with checkpoints beside the writer). It stays on,
+//! at 10,000 pages, for the case that the background checkpoints fall behind.
+//!
 //! PostgreSQL needs none of this: concurrent transactions on separate
 //! connections already share WAL flushes there.
+
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::any::AnyArguments;
@@ -31,6 +41,13 @@ use crate::{Durability, MetaError, Result};
 const MOST_WRITES_PER_GROUP: usize = 128;
 /// Writes waiting for the committing task.
 const QUEUE: usize = 1024;
+/// How long after a commit the write-ahead log is checkpointed. Commits in
+/// between share the checkpoint, so under steady writes there are at most
+/// two a second, and none while nothing is written. (The writer's own
+/// automatic checkpoint, `wal_autocheckpoint` in `MetaStore::open_sqlite`,
+/// is the safety net for when these fall behind, for example while a reader
+/// holds an old snapshot.)
+const CHECKPOINT_DELAY: Duration = Duration::from_millis(500);
 
 /// One write: runs its statements on the connection it is given (inside a
 /// savepoint) and says whether they succeeded; the answer goes to the caller
@@ -88,10 +105,13 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the committing task on `writer`, a pool of one connection.
-    pub fn start(writer: AnyPool) -> Self {
+    /// Starts the committing task on `writer`, a pool of one connection, and
+    /// the task that checkpoints on a connection of `checkpointer`.
+    pub fn start(writer: AnyPool, checkpointer: AnyPool) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE);
-        tokio::spawn(commit_groups(writer, jobs));
+        let (committed, commits) = mpsc::channel(1);
+        tokio::spawn(commit_groups(writer, jobs, committed));
+        tokio::spawn(checkpoint_after_commits(checkpointer, commits));
         GroupCommitter { queue }
     }
 
@@ -166,7 +186,11 @@ where
     })
 }
 
-async fn commit_groups(writer: AnyPool, mut jobs: mpsc::Receiver<Job>) {
+async fn commit_groups(
+    writer: AnyPool,
+    mut jobs: mpsc::Receiver<Job>,
+    committed: mpsc::Sender<()>,
+) {
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
         while group.len() < MOST_WRITES_PER_GROUP {
@@ -178,6 +202,35 @@ async fn commit_groups(writer: AnyPool, mut jobs: mpsc::Receiver<Job>) {
         if let Err(error) = commit_group(&writer, group).await {
             // The jobs not yet run were dropped: their callers get an error.
             tracing::error!(error = %error, "a group of metadata writes could not run");
+        }
+        // A full channel already holds a wake-up for the checkpointer.
+        let _ = committed.try_send(());
+    }
+}
+
+/// Checkpoints the write-ahead log `CHECKPOINT_DELAY` after a commit, on an
+/// idle connection of `pool` (the readers, not the writer), until the
+/// committing task ends. A passive checkpoint waits for no lock: the writer
+/// goes on committing, and pages that a reader still needs stay in the log
+/// for the next checkpoint. When no reader is idle the checkpoint waits for
+/// the next commit rather than open a connection: one more reader thread
+/// with its cache measured 1.3 MiB more peak memory in the benchmark.
+async fn checkpoint_after_commits(pool: AnyPool, mut commits: mpsc::Receiver<()>) {
+    while commits.recv().await.is_some() {
+        tokio::time::sleep(CHECKPOINT_DELAY).await;
+        let Some(mut connection) = pool.try_acquire() else {
+            continue;
+        };
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut *connection)
+            .await
+        {
+            Ok(_) => {}
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => tracing::warn!(
+                error = %error,
+                "checkpointing the metadata database's write-ahead log failed (is its disk full?); commits checkpoint it themselves once it holds 10,000 pages"
+            ),
         }
     }
 }

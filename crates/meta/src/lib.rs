@@ -223,10 +223,11 @@ impl MetaStore {
                     })
                 })
         };
+        // The writer checkpoints only as a safety net; see `group_commit`.
         let writer = pool_options(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-             PRAGMA cache_size = -512;",
+             PRAGMA cache_size = -512; PRAGMA wal_autocheckpoint = 10000;",
         )
         .max_connections(1)
         .connect_with(options.clone())
@@ -241,8 +242,8 @@ impl MetaStore {
         .connect_with(options)
         .await?;
         Ok(MetaStore {
+            grouped: Some(GroupCommitter::start(writer.clone(), reader.clone())),
             reader,
-            grouped: Some(GroupCommitter::start(writer.clone())),
             writer,
         })
     }
@@ -1218,6 +1219,31 @@ mod tests {
         for index in (0..200).filter(|index| index % 50 != 7) {
             let upload = reopened.upload(&format!("upload-{index}")).await.unwrap();
             assert!(upload.is_some(), "upload-{index} was committed");
+        }
+    }
+
+    /// Commits leave their pages in the write-ahead log, under the writer's
+    /// automatic checkpoint threshold; shortly after, the background
+    /// checkpoint has copied them into the database file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_are_checkpointed_in_the_background() {
+        let (directory, _url, meta) = sqlite_store().await;
+        let database = directory.path().join("kai.db");
+        let size = || std::fs::metadata(&database).unwrap().len();
+        let before = size();
+        let repository: RepositoryName = "checkpoint/background".parse().unwrap();
+        for index in 0..20 {
+            meta.create_upload(&format!("upload-{index}"), &repository)
+                .await
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        while size() == before {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the database file is still {before} bytes 10 s after the commits"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
