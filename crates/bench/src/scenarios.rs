@@ -295,6 +295,7 @@ impl Target {
         .await
     }
 
+    /// Pushes the manifest that GET and HEAD fetch (tag `latest`) and its blobs.
     async fn manifest_fixture(&mut self) -> Result<Manifest> {
         if let Some(manifest) = &self.manifest_fixture {
             return Ok(manifest.clone());
@@ -803,16 +804,15 @@ fn check_catalog_run(
     Ok(())
 }
 
-/// The value at quantile `q` of sorted `values` (nearest rank).
 /// Runs `work` on a thread of its own, with a client of its own on a
-/// current-thread runtime, so the task that checks the received bytes also
-/// reads them from the socket, as curl and Go's client do. With hyper's
-/// client on the shared two-thread runtime, every received chunk passes from
-/// the connection's task to the reading task, often on the other thread, and
-/// the connection reads no more until the chunk is taken. Those hand-offs set
-/// the pull rate for both servers (about 2.0-2.3 GB/s each, while curl pulled
-/// 2.1-2.5 GB/s from the reference and 3.0-3.6 GB/s from Kai), so the
-/// benchmark measured itself rather than the servers.
+/// current-thread runtime: hyper's connection task and the task that checks
+/// the received bytes then take turns on one thread, as curl and Go's client
+/// read on one. On the shared two-thread runtime each received chunk passed
+/// from the connection's task to the checking task, often on the other
+/// thread, with a wake-up each way. Those hand-offs set the pull rate for
+/// both servers (about 2.0-2.3 GB/s each, while curl pulled 2.1-2.5 GB/s from
+/// the reference and 3.0-3.6 GB/s from Kai), so the benchmark measured
+/// itself rather than the servers.
 async fn on_reading_thread<T, F, Work>(base: url::Url, work: F) -> Result<T>
 where
     F: FnOnce(Registry) -> Work + Send + 'static,
@@ -837,6 +837,7 @@ where
     receiver.await.context("the pull thread panicked")?
 }
 
+/// The value at quantile `q` of sorted `values` (nearest rank).
 pub fn percentile(values: &[Duration], q: f64) -> Duration {
     if values.is_empty() {
         return Duration::ZERO;
