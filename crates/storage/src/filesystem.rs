@@ -299,7 +299,7 @@ fn read_mapped(file: Arc<File>, start: u64, end: u64) -> ByteStream {
                 // the blocking pool waits for it, and the kernel is asked to
                 // read the next window meanwhile.
                 Ok(None) => tokio::task::spawn_blocking(move || {
-                    let piece = map_blob_range(&file, offset, length);
+                    let piece = map_blob_range(&file, offset, length, true).map(Bytes::from_owner);
                     read_ahead(
                         &file,
                         offset + length,
@@ -327,17 +327,9 @@ fn read_mapped(file: Arc<File>, start: u64, end: u64) -> ByteStream {
 /// piece. (A page evicted between the check and the fill is read right
 /// there, which is rare and short.)
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn map_if_resident(file: &File, offset: u64, length: u64) -> io::Result<Option<Bytes>> {
-    let length = usize::try_from(length).map_err(io::Error::other)?;
-    // SAFETY: as in `map_blob_range`; without `populate` the call only
-    // reserves the addresses.
-    let mapping = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(length)
-            .map(file)?
-    };
+    // Without `populate` the call only reserves the addresses.
+    let mapping = map_blob_range(file, offset, length, false)?;
     if !all_pages_resident(&mapping) {
         return Ok(None);
     }
@@ -400,24 +392,28 @@ fn read_ahead(file: &File, offset: u64, length: u64) {
 #[cfg(not(target_os = "linux"))]
 fn read_ahead(_file: &File, _offset: u64, _length: u64) {}
 
-/// Maps `length` bytes of a finished blob file from `offset`, with its pages
-/// faulted in now (on the calling blocking thread, not on the runtime).
+/// Maps `length` bytes of a finished blob file from `offset`, read-only. With
+/// `populate` its pages are faulted in now, read from the disk if need be, so
+/// only a blocking thread may ask for that.
 #[allow(unsafe_code)]
-fn map_blob_range(file: &File, offset: u64, length: u64) -> io::Result<Bytes> {
+fn map_blob_range(
+    file: &File,
+    offset: u64,
+    length: u64,
+    populate: bool,
+) -> io::Result<memmap2::Mmap> {
     let length = usize::try_from(length).map_err(io::Error::other)?;
+    let mut options = memmap2::MmapOptions::new();
+    options.offset(offset).len(length);
+    if populate {
+        options.populate();
+    }
     // SAFETY: a mapped file must not shrink or change while mapped. Files under
     // `blobs/` are written once under another name, synced, and renamed into
     // place; nothing in Kai writes to or truncates them afterwards, and
     // deleting a blob unlinks its name while this open file keeps the bytes.
     // `read_blob` clamped the range to the file's size when it opened it.
-    let mapping = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(offset)
-            .len(length)
-            .populate()
-            .map(file)?
-    };
-    Ok(Bytes::from_owner(mapping))
+    unsafe { options.map(file) }
 }
 
 /// Opens an upload's staged file to write at `offset`: the acknowledged size.
@@ -826,11 +822,9 @@ mod tests {
             .collect();
         let digest = store_blob(&store, &content).await;
         let file = File::open(store.blob_path(&digest)).unwrap();
-        let resident = |file: &File| {
-            // SAFETY: as in `map_if_resident`; the test never changes the file.
-            let mapping = unsafe { memmap2::MmapOptions::new().map(file).unwrap() };
-            all_pages_resident(&mapping)
-        };
+        let size = content.len() as u64;
+        let resident =
+            |file: &File| all_pages_resident(&map_blob_range(file, 0, size, false).unwrap());
         assert!(resident(&file), "a blob just written is in the page cache");
         // The commit synced the file, so its clean pages can be dropped.
         // SAFETY: posix_fadvise only reads the descriptor `file` keeps open.
