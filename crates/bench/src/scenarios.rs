@@ -253,11 +253,7 @@ impl Target {
     }
 
     async fn pull_whole(&self, content: &Arc<Content>) -> Result<Measured> {
-        let content = content.clone();
-        on_reading_thread(self.server.base.clone(), move |registry| async move {
-            registry
-                .head_blob(BLOBS, content.digest(), content.size())
-                .await?;
+        pull_on_own_thread(&self.server, content, |registry, content| async move {
             let started = Instant::now();
             let bytes = registry.pull_blob(BLOBS, &content).await?;
             Ok(Measured::of(vec![(
@@ -269,11 +265,7 @@ impl Target {
     }
 
     async fn pull_range(&self, content: &Arc<Content>, range: u64) -> Result<Measured> {
-        let content = content.clone();
-        on_reading_thread(self.server.base.clone(), move |registry| async move {
-            registry
-                .head_blob(BLOBS, content.digest(), content.size())
-                .await?;
+        pull_on_own_thread(&self.server, content, move |registry, content| async move {
             let started = Instant::now();
             let mut bytes = 0;
             let mut start = 0;
@@ -804,21 +796,27 @@ fn check_catalog_run(
     Ok(())
 }
 
-/// Runs `work` on a thread of its own, with a client of its own on a
-/// current-thread runtime: hyper's connection task and the task that checks
-/// the received bytes then take turns on one thread, as curl and Go's client
-/// read on one. On the shared two-thread runtime each received chunk passed
-/// from the connection's task to the checking task, often on the other
-/// thread, with a wake-up each way. Those hand-offs set the pull rate for
-/// both servers (about 2.0-2.3 GB/s each, while curl pulled 2.1-2.5 GB/s from
-/// the reference and 3.0-3.6 GB/s from Kai), so the benchmark measured
-/// itself rather than the servers.
-async fn on_reading_thread<T, F, Work>(base: url::Url, work: F) -> Result<T>
+/// Runs the pull `work` of `content` from `server` on a thread of its own,
+/// with a client of its own on a current-thread runtime, after a HEAD of the
+/// blob that opens the connection before `work` starts its clock. hyper's
+/// connection task and the task that checks the received bytes then take
+/// turns on one thread, as curl and Go's client read on one. On the shared
+/// two-thread runtime each received chunk passed from the connection's task
+/// to the checking task, often on the other thread, with a wake-up each way.
+/// Those hand-offs set the pull rate for both servers (about 2.0-2.3 GB/s
+/// each, while curl pulled 2.1-2.5 GB/s from the reference and 3.0-3.6 GB/s
+/// from Kai), so the benchmark measured itself rather than the servers.
+async fn pull_on_own_thread<F, Work>(
+    server: &Server,
+    content: &Arc<Content>,
+    work: F,
+) -> Result<Measured>
 where
-    F: FnOnce(Registry) -> Work + Send + 'static,
-    Work: std::future::Future<Output = Result<T>>,
-    T: Send + 'static,
+    F: FnOnce(Registry, Arc<Content>) -> Work + Send + 'static,
+    Work: std::future::Future<Output = Result<Measured>>,
 {
+    let base = server.base.clone();
+    let content = Arc::clone(content);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("kai-bench-pull".to_string())
@@ -828,7 +826,13 @@ where
                 .build()
                 .context("building the pull thread's runtime")
                 .and_then(|runtime| {
-                    runtime.block_on(async move { work(Registry::new(base)?).await })
+                    runtime.block_on(async move {
+                        let registry = Registry::new(base)?;
+                        registry
+                            .head_blob(BLOBS, content.digest(), content.size())
+                            .await?;
+                        work(registry, content).await
+                    })
                 });
             // The scenario may have timed out and stopped listening.
             let _ = sender.send(outcome);
