@@ -359,6 +359,84 @@ async fn sigterm_lets_an_upload_in_flight_finish() {
     kai.kill().await;
 }
 
+/// A chunk's size is recorded while its bytes sync, so a power loss can
+/// leave a session that counts bytes the disk lost. Such an upload must fail
+/// with a clear error, and never store a blob whose bytes are wrong. The
+/// loss is simulated on the staged files between a kill and a restart.
+#[tokio::test]
+async fn an_upload_whose_staged_bytes_were_lost_fails_and_stores_nothing() {
+    let workspace = Workspace::new();
+    let kai = Kai::start(&workspace.data(), &workspace.log()).await;
+    let upload = content(300_000, 4);
+    let mut locations = Vec::new();
+    for _ in 0..2 {
+        let location = kai.start_upload().await;
+        let location = kai.patch(&location, 0, &upload[..100_000]).await;
+        let location = kai
+            .patch(&location, 100_000, &upload[100_000..250_000])
+            .await;
+        locations.push(location);
+    }
+    kai.kill().await;
+
+    let staged = |location: &str| {
+        workspace
+            .data()
+            .join("uploads")
+            .join(location.rsplit('/').next().unwrap())
+    };
+    // The first upload lost the end of its second chunk.
+    let shortened = std::fs::OpenOptions::new()
+        .write(true)
+        .open(staged(&locations[0]))
+        .unwrap();
+    shortened.set_len(180_000).unwrap();
+    drop(shortened);
+    // The second kept its length, but some of its bytes are not the ones sent.
+    let mut damaged = std::fs::read(staged(&locations[1])).unwrap();
+    assert_eq!(damaged.len(), 250_000);
+    damaged[120_000..130_000].fill(0);
+    std::fs::write(staged(&locations[1]), &damaged).unwrap();
+
+    let kai = Kai::start(&workspace.data(), &workspace.log()).await;
+    let digest = sha256(&upload);
+
+    let response = kai
+        .request(Method::PATCH, &locations[0])
+        .header("content-range", "250000-299999")
+        .body(upload[250_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_INVALID", "{body}");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("restart the upload"), "{message}");
+    let response = kai
+        .request(Method::PUT, &format!("{}?digest={digest}", locations[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_INVALID", "{body}");
+
+    let location = kai.patch(&locations[1], 250_000, &upload[250_000..]).await;
+    let response = kai
+        .request(Method::PUT, &format!("{location}?digest={digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errors"][0]["code"], "DIGEST_INVALID", "{body}");
+
+    let response = kai.get(&format!("/v2/{NAME}/blobs/{digest}")).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    kai.kill().await;
+}
+
 #[tokio::test]
 async fn orphan_staged_upload_is_removed_at_start() {
     let workspace = Workspace::new();

@@ -19,7 +19,9 @@ use futures::StreamExt;
 use kai_oci::{ContentHasher, Digest, DigestAlgorithm};
 
 use crate::progress::HashProgress;
-use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Written};
+use crate::{
+    BlobStore, ByteRange, ByteStream, PendingWrite, Result, StorageError, UploadId, Written,
+};
 
 /// How many bytes of a blob file one memory mapping covers when it is served.
 /// Each piece costs a map, a page-table fill and an unmap, which on a
@@ -50,7 +52,7 @@ const WRITEBACK_STEP: u64 = 1024 * 1024;
 
 pub struct FilesystemStore {
     root: PathBuf,
-    hash_progress: HashProgress,
+    hash_progress: Arc<HashProgress>,
 }
 
 impl FilesystemStore {
@@ -81,7 +83,7 @@ impl FilesystemStore {
         )?;
         Ok(FilesystemStore {
             root,
-            hash_progress: HashProgress::default(),
+            hash_progress: Arc::default(),
         })
     }
 
@@ -222,9 +224,13 @@ impl WritebackFile {
         Ok(())
     }
 
-    /// Flushes and syncs the file; returns the bytes written.
-    fn finish(self) -> Result<u64> {
-        let written = self.written;
+    /// Writes out the buffered bytes: the file then holds all of them.
+    fn flush(&mut self) -> io::Result<()> {
+        self.output.flush()
+    }
+
+    /// Stops the writeback thread and syncs the file.
+    fn sync(self) -> Result<()> {
         let file = self
             .output
             .into_inner()
@@ -236,7 +242,7 @@ impl WritebackFile {
                 .map_err(|_| io::Error::other("the writeback thread panicked"))??;
         }
         file.sync_data()?;
-        Ok(written)
+        Ok(())
     }
 }
 
@@ -250,7 +256,7 @@ impl FilesystemStore {
         mut data: ByteStream,
         limit: Option<u64>,
         hasher: Option<ContentHasher>,
-    ) -> Result<Written> {
+    ) -> Result<PendingWrite> {
         let mut body = Vec::new();
         while let Some(item) = data.next().await {
             let chunk = item.map_err(|error| StorageError::Body(error.to_string()))?;
@@ -271,7 +277,9 @@ impl FilesystemStore {
         })
         .await
         .map_err(io::Error::other)??;
-        Ok(self.hash_progress.wrote(upload, offset, written, hasher))
+        Ok(PendingWrite::durable_now(
+            self.hash_progress.wrote(upload, offset, written, hasher),
+        ))
     }
 }
 
@@ -543,7 +551,7 @@ impl BlobStore for FilesystemStore {
         offset: u64,
         mut data: ByteStream,
         limit: Option<u64>,
-    ) -> Result<Written> {
+    ) -> Result<PendingWrite> {
         let path = self.upload_path(upload);
         let hasher = self.hash_progress.take(upload, offset);
         if limit.is_some_and(|limit| limit <= SMALL_WRITE) {
@@ -554,14 +562,19 @@ impl BlobStore for FilesystemStore {
 
         // Three stages overlap: this task reads the network; one blocking
         // thread writes the file, another hashes. Both get every chunk (a
-        // `Bytes` clone shares the buffer).
+        // `Bytes` clone shares the buffer). The writer reports when the file
+        // holds every byte, then syncs it: the caller can record the new size
+        // meanwhile.
         let (to_writer, mut writer_queue) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || -> Result<u64> {
+        let (report_written, all_written) = tokio::sync::oneshot::channel::<u64>();
+        let writer = tokio::task::spawn_blocking(move || -> Result<()> {
             let mut output = WritebackFile::new(open_upload_at(&path, offset)?);
             while let Some(chunk) = writer_queue.blocking_recv() {
                 output.write_all(&chunk)?;
             }
-            output.finish()
+            output.flush()?;
+            let _ = report_written.send(output.written);
+            output.sync()
         });
         let (to_hasher, hashing) = match hasher {
             Some(mut hasher) => {
@@ -606,17 +619,35 @@ impl BlobStore for FilesystemStore {
         }
         drop(to_writer);
         drop(to_hasher);
-        let outcome = writer.await.map_err(io::Error::other)?;
-        let hasher = match hashing {
-            Some(hashing) => Some(hashing.await.map_err(io::Error::other)?),
-            None => None,
+        // Nothing writes to the file once this returns, so the next request
+        // to the upload finds it as this one left it.
+        let Ok(written) = all_written.await else {
+            // The writer failed before it wrote everything.
+            return Err(match writer.await.map_err(io::Error::other)? {
+                Err(error) => error,
+                Ok(()) => io::Error::other("the upload writer ended without a report").into(),
+            });
         };
         if let Some(failure) = failure {
             // The bytes written are not acknowledged; the next write truncates them.
             return Err(failure);
         }
-        let written = outcome?;
-        Ok(self.hash_progress.wrote(upload, offset, written, hasher))
+        let (upload, progress) = (upload.clone(), self.hash_progress.clone());
+        Ok(PendingWrite::durable_after(
+            Written {
+                bytes: written,
+                size: offset + written,
+            },
+            async move {
+                writer.await.map_err(io::Error::other)??;
+                let hasher = match hashing {
+                    Some(hashing) => Some(hashing.await.map_err(io::Error::other)?),
+                    None => None,
+                };
+                progress.wrote(&upload, offset, written, hasher);
+                Ok(())
+            },
+        ))
     }
 
     async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()> {
@@ -757,7 +788,13 @@ mod tests {
         let upload = UploadId::generate();
         store.start_upload(&upload).await.unwrap();
         let body = futures::stream::iter(vec![Ok(Bytes::copy_from_slice(content))]).boxed();
-        store.write_upload(&upload, 0, body, None).await.unwrap();
+        store
+            .write_upload(&upload, 0, body, None)
+            .await
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
         let digest = Digest::sha256_of(content);
         store
             .commit_upload(&upload, content.len() as u64, &digest)

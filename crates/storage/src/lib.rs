@@ -112,6 +112,59 @@ pub struct Written {
     pub size: u64,
 }
 
+/// A write to an upload whose bytes are all written, but perhaps not yet on
+/// the disk: `durable` waits until they are. A caller can record the new size
+/// meanwhile, so that the data sync and the metadata commit overlap, but must
+/// not acknowledge the bytes to the client before `durable` returns.
+/// Dropping it unawaited is harmless: the sync still runs, and the bytes
+/// count as unacknowledged.
+#[must_use = "the written bytes are not known to be on the disk until `durable` returns"]
+pub struct PendingWrite {
+    /// What was written.
+    pub written: Written,
+    sync: Option<futures::future::BoxFuture<'static, Result<()>>>,
+}
+
+impl std::fmt::Debug for PendingWrite {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PendingWrite")
+            .field("written", &self.written)
+            .field("durable", &self.sync.is_none())
+            .finish()
+    }
+}
+
+impl PendingWrite {
+    /// A write that was durable when it returned.
+    pub fn durable_now(written: Written) -> Self {
+        PendingWrite {
+            written,
+            sync: None,
+        }
+    }
+
+    /// A write whose bytes are durable once `sync` completes.
+    pub fn durable_after(
+        written: Written,
+        sync: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) -> Self {
+        use futures::FutureExt as _;
+        PendingWrite {
+            written,
+            sync: Some(sync.boxed()),
+        }
+    }
+
+    /// Waits until the written bytes are on the disk.
+    pub async fn durable(self) -> Result<Written> {
+        if let Some(sync) = self.sync {
+            sync.await?;
+        }
+        Ok(self.written)
+    }
+}
+
 #[async_trait::async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Checks that the storage answers (for the readiness probe).
@@ -145,17 +198,18 @@ pub trait BlobStore: Send + Sync + 'static {
     /// its first write): until written to, an upload holds 0 bytes.
     async fn start_upload(&self, upload: &UploadId) -> Result<()>;
 
-    /// Appends `data` to an upload whose acknowledged size is `offset`, and makes
-    /// it durable before returning. Bytes beyond `offset` left by an earlier
-    /// failed write are discarded first. With `limit`, the write fails once
-    /// more than `limit` bytes arrive.
+    /// Appends `data` to an upload whose acknowledged size is `offset`.
+    /// Returns once every byte is written; they are durable when the
+    /// returned write's `durable` returns. Bytes beyond `offset` left by an
+    /// earlier failed write are discarded first. With `limit`, the write fails
+    /// once more than `limit` bytes arrive.
     async fn write_upload(
         &self,
         upload: &UploadId,
         offset: u64,
         data: ByteStream,
         limit: Option<u64>,
-    ) -> Result<Written>;
+    ) -> Result<PendingWrite>;
 
     /// Verifies that the first `size` bytes of the upload have digest
     /// `expected` and makes them the stored blob of that digest. On a mismatch

@@ -24,7 +24,9 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
 
 use crate::progress::HashProgress;
-use crate::{BlobStore, ByteRange, ByteStream, Result, StorageError, UploadId, Written};
+use crate::{
+    BlobStore, ByteRange, ByteStream, PendingWrite, Result, StorageError, UploadId, Written,
+};
 
 /// Multipart part size: S3 needs at least 5 MiB for every part but the last.
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -437,7 +439,7 @@ impl BlobStore for ObjectBlobStore {
         offset: u64,
         mut data: ByteStream,
         limit: Option<u64>,
-    ) -> Result<Written> {
+    ) -> Result<PendingWrite> {
         let mut hasher = self.hash_progress.take(upload, offset);
         let multipart = self
             .store
@@ -479,13 +481,16 @@ impl BlobStore for ObjectBlobStore {
         }
         if written == 0 {
             let _ = writer.abort().await;
-            return Ok(Written {
+            return Ok(PendingWrite::durable_now(Written {
                 bytes: 0,
                 size: offset,
-            });
+            }));
         }
+        // A chunk object exists only once complete and stored.
         writer.finish().await.map_err(storage_error)?;
-        Ok(self.hash_progress.wrote(upload, offset, written, hasher))
+        Ok(PendingWrite::durable_now(
+            self.hash_progress.wrote(upload, offset, written, hasher),
+        ))
     }
 
     async fn commit_upload(&self, upload: &UploadId, size: u64, expected: &Digest) -> Result<()> {

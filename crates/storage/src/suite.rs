@@ -28,6 +28,33 @@ pub async fn run(open: impl Fn() -> Box<dyn BlobStore>) {
     failed_write_is_discarded_and_wrong_digest_stores_nothing(&open).await;
     limits_and_cancel(open()).await;
     empty_upload_commits_the_empty_blob(open()).await;
+    a_write_never_made_durable_is_unacknowledged(open()).await;
+}
+
+/// A write whose `PendingWrite` is dropped (as when the request turns out to
+/// be the wrong length) leaves bytes that the next write at the acknowledged
+/// size replaces.
+async fn a_write_never_made_durable_is_unacknowledged(store: Box<dyn BlobStore>) {
+    let upload = UploadId::generate();
+    store.start_upload(&upload).await.unwrap();
+    let pending = store
+        .write_upload(&upload, 0, body(&[b"wrong ", b"length"]), None)
+        .await
+        .unwrap();
+    assert_eq!(pending.written, Written { bytes: 12, size: 12 });
+    drop(pending);
+    let written = store
+        .write_upload(&upload, 0, body(&[b"right"]), None)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+    assert_eq!(written, Written { bytes: 5, size: 5 });
+    let digest = Digest::sha256_of(b"right");
+    store.commit_upload(&upload, 5, &digest).await.unwrap();
+    let read = store.read_blob(&digest, None).await.unwrap().unwrap();
+    assert_eq!(read_all(read).await, b"right");
 }
 
 /// An upload finished without a single write (a backend may not have made
@@ -50,10 +77,16 @@ async fn chunked_upload_commits_a_verified_blob(store: Box<dyn BlobStore>) {
     let first = store
         .write_upload(&upload, 0, body(&[b"hello "]), None)
         .await
+        .unwrap()
+        .durable()
+        .await
         .unwrap();
     assert_eq!(first, Written { bytes: 6, size: 6 });
     let second = store
         .write_upload(&upload, 6, body(&[b"wor", b"ld"]), None)
+        .await
+        .unwrap()
+        .durable()
         .await
         .unwrap();
     assert_eq!(second.size, 11);
@@ -95,6 +128,9 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
     store
         .write_upload(&upload, 0, body(&[b"abc"]), None)
         .await
+        .unwrap()
+        .durable()
+        .await
         .unwrap();
     assert_eq!(store.list_uploads().await.unwrap(), vec![upload.clone()]);
     let broken = stream::iter(vec![
@@ -113,6 +149,9 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
     let reopened = open();
     reopened
         .write_upload(&upload, 3, body(&[b"def"]), None)
+        .await
+        .unwrap()
+        .durable()
         .await
         .unwrap();
     let wrong = Digest::sha256_of(b"something else");
@@ -136,6 +175,9 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
     reopened
         .write_upload(&upload, 0, body(&[b"abcdef"]), None)
         .await
+        .unwrap()
+        .durable()
+        .await
         .unwrap();
     let digest = Digest::sha256_of(b"abcdef");
     reopened.commit_upload(&upload, 6, &digest).await.unwrap();
@@ -153,6 +195,9 @@ async fn limits_and_cancel(store: Box<dyn BlobStore>) {
     assert!(matches!(error, StorageError::TooLarge { limit: 4 }));
     store
         .write_upload(&upload, 0, body(&[b"1234"]), Some(4))
+        .await
+        .unwrap()
+        .durable()
         .await
         .unwrap();
     store.cancel_upload(&upload).await.unwrap();

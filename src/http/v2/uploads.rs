@@ -175,7 +175,16 @@ fn announced_length(
 
 /// Appends the request body to the upload, checking `Content-Range` and
 /// `Content-Length`, and (with `Acknowledge::Size`) records the new size.
-/// Returns it.
+/// Returns it once the bytes are on the disk.
+///
+/// The size is recorded while the blob store syncs the bytes, so the two
+/// syncs overlap; the caller's answer waits for both. If the server stops
+/// in between, the recorded size may count bytes that did not reach the
+/// disk. That loses nothing acknowledged, and stores nothing wrong: the
+/// next write finds the staged data shorter than the session
+/// (`UploadDataLost`, which tells the client to restart), and a completion
+/// after a restart hashes the staged bytes again, so lost or damaged bytes
+/// fail the digest check.
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     state: &AppState,
@@ -191,10 +200,11 @@ async fn receive(
     if expected == Some(0) {
         return Ok(size);
     }
-    let written = state
+    let pending = state
         .blobs
         .write_upload(upload, size, body_stream(body), expected)
         .await?;
+    let written = pending.written;
     if let Some(expected) = expected {
         if written.bytes != expected {
             return Err(ApiError::SizeInvalid {
@@ -205,19 +215,41 @@ async fn receive(
             });
         }
     }
-    if acknowledge == Acknowledge::Size
-        && !state
+    if acknowledge == Acknowledge::Nothing {
+        pending.durable().await?;
+        return Ok(written.size);
+    }
+    let (synced, advanced) = tokio::join!(
+        pending.durable(),
+        state
             .meta
             .advance_upload(upload.as_str(), size, written.size)
-            .await?
-    {
-        let current = session(state, name, upload, auth).await?.size;
-        return Err(ApiError::ChunkOutOfOrder {
-            size: current,
-            location: upload_location(name, upload),
-        });
+    );
+    match (synced, advanced) {
+        (Ok(_), Ok(true)) => Ok(written.size),
+        (Err(error), advanced) => {
+            if matches!(advanced, Ok(true)) {
+                // The bytes may not be on the disk: the recorded size goes
+                // back, and the client writes them again.
+                if let Err(undo) = state
+                    .meta
+                    .advance_upload(upload.as_str(), written.size, size)
+                    .await
+                {
+                    tracing::warn!(%upload, error = %undo, "cannot take back the recorded size of a chunk that failed to sync; its completion hashes the staged bytes again");
+                }
+            }
+            Err(error.into())
+        }
+        (Ok(_), Err(error)) => Err(error.into()),
+        (Ok(_), Ok(false)) => {
+            let current = session(state, name, upload, auth).await?.size;
+            Err(ApiError::ChunkOutOfOrder {
+                size: current,
+                location: upload_location(name, upload),
+            })
+        }
     }
-    Ok(written.size)
 }
 
 /// Verifies and stores the upload's content as `digest`, links it into the
