@@ -185,11 +185,18 @@ async fn run(args: Args) -> Result<bool> {
             .collect(),
         resources: Vec::new(),
         big_blob: Vec::new(),
+        sha256_mib_per_second: None,
         notes: Vec::new(),
         failures: Vec::new(),
     };
     for setting in &results.settings {
         eprintln!("kai-bench: {setting}");
+    }
+    if scenarios.contains(&Scenario::PushMonolithic) || scenarios.contains(&Scenario::PushChunked) {
+        let sha256 =
+            tokio::task::spawn_blocking(content::single_core_sha256_mib_per_second).await?;
+        eprintln!("kai-bench: single-core SHA-256 here: {sha256:.0} MiB/s");
+        results.sha256_mib_per_second = Some(sha256);
     }
     if targets.iter().any(|target| !target.server.reset_peak_rss()) {
         results.note("the kernel refused to reset VmHWM (clear_refs), so peak RSS figures are since the server started".into());

@@ -285,6 +285,8 @@ pub struct Results {
     pub metrics: Vec<MetricResult>,
     pub resources: Vec<ResourceSample>,
     pub big_blob: Vec<BigBlob>,
+    /// This machine's single-core SHA-256 speed, measured before the rounds.
+    pub sha256_mib_per_second: Option<f64>,
     pub notes: Vec<String>,
     pub failures: Vec<Failure>,
 }
@@ -329,6 +331,49 @@ impl Results {
             metric.values.resize(rounds, [None, None]);
         }
         metric.values[round as usize - 1][server] = Some(value);
+    }
+
+    /// Issue #7's absolute push target: the candidate's median push rate is
+    /// at least half of this machine's single-core SHA-256 speed.
+    fn render_absolute_pushes(&self, sha256: f64) -> String {
+        let half = sha256 / 2.0;
+        let mut out = format!(
+            "\nabsolute push target: single-core SHA-256 here is {sha256:.0} MiB/s (best of 5 passes over 64 MiB), half of it {half:.0} MiB/s\n"
+        );
+        let mut rows = vec![vec![
+            "metric".to_string(),
+            format!("{} median MiB/s", self.servers[0]),
+            "share of SHA-256".into(),
+            "target".into(),
+            "met".into(),
+        ]];
+        for key in ["push_monolithic", "push_chunked"] {
+            let Some(metric) = self.metrics.iter().find(|metric| metric.spec.key == key) else {
+                continue;
+            };
+            let rates: Vec<f64> = metric.values.iter().filter_map(|pair| pair[0]).collect();
+            let Some(rate) = median(&rates) else {
+                continue;
+            };
+            let met = if self.smoke {
+                "-"
+            } else if rate >= half {
+                "yes"
+            } else {
+                "NO"
+            };
+            rows.push(vec![
+                metric.spec.label.clone(),
+                format!("{rate:.0}"),
+                format!("{:.2}", rate / sha256),
+                ">=0.5".into(),
+                met.into(),
+            ]);
+        }
+        if rows.len() > 1 {
+            out.push_str(&table(&rows));
+        }
+        out
     }
 
     pub fn note(&mut self, note: String) {
@@ -417,6 +462,10 @@ impl Results {
         if rows.len() > 1 {
             out.push_str(&table(&rows));
             out.push_str("ratio = candidate/reference: above 1 is faster for rates, below 1 is faster (or smaller) for times and memory.\n");
+        }
+
+        if let Some(sha256) = self.sha256_mib_per_second {
+            out.push_str(&self.render_absolute_pushes(sha256));
         }
 
         if !self.big_blob.is_empty() {

@@ -41,7 +41,13 @@ async fn a_write_never_made_durable_is_unacknowledged(store: Box<dyn BlobStore>)
         .write_upload(&upload, 0, body(&[b"wrong ", b"length"]), None)
         .await
         .unwrap();
-    assert_eq!(pending.written, Written { bytes: 12, size: 12 });
+    assert_eq!(
+        pending.written,
+        Written {
+            bytes: 12,
+            size: 12
+        }
+    );
     drop(pending);
     let written = store
         .write_upload(&upload, 0, body(&[b"right"]), None)
