@@ -285,7 +285,8 @@ pub struct Results {
     pub metrics: Vec<MetricResult>,
     pub resources: Vec<ResourceSample>,
     pub big_blob: Vec<BigBlob>,
-    /// This machine's single-core SHA-256 speed, measured before the rounds.
+    /// This machine's single-core SHA-256 speed: the best of the passes made
+    /// before the servers start and after each round.
     pub sha256_mib_per_second: Option<f64>,
     pub notes: Vec<String>,
     pub failures: Vec<Failure>,
@@ -338,7 +339,7 @@ impl Results {
     fn render_absolute_pushes(&self, sha256: f64) -> String {
         let half = sha256 / 2.0;
         let mut out = format!(
-            "\nabsolute push target: single-core SHA-256 here is {sha256:.0} MiB/s (best of 5 passes over 64 MiB), half of it {half:.0} MiB/s\n"
+            "\nabsolute push target: single-core SHA-256 here is {sha256:.0} MiB/s (the best pass over 64 MiB, five passes before the servers start and five after each round), half of it {half:.0} MiB/s\n"
         );
         let mut rows = vec![vec![
             "metric".to_string(),
