@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::common::{image_manifest, sha256, OCI_MANIFEST};
+use crate::common::{error_code, image_manifest, sha256, OCI_MANIFEST};
 
 const NAME: &str = "acme/app";
 
@@ -419,8 +419,7 @@ async fn an_upload_whose_staged_bytes_were_lost_fails_and_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["errors"][0]["code"], "BLOB_UPLOAD_INVALID", "{body}");
+    assert_eq!(error_code(response).await, "BLOB_UPLOAD_INVALID");
 
     let location = kai.patch(&locations[1], 250_000, &upload[250_000..]).await;
     let response = kai
@@ -429,8 +428,7 @@ async fn an_upload_whose_staged_bytes_were_lost_fails_and_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["errors"][0]["code"], "DIGEST_INVALID", "{body}");
+    assert_eq!(error_code(response).await, "DIGEST_INVALID");
 
     let response = kai.get(&format!("/v2/{NAME}/blobs/{digest}")).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
