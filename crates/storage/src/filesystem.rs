@@ -877,13 +877,7 @@ mod tests {
         let upload = UploadId::generate();
         store.start_upload(&upload).await.unwrap();
         let body = futures::stream::iter(vec![Ok(Bytes::copy_from_slice(content))]).boxed();
-        store
-            .write_upload(&upload, 0, body, None)
-            .await
-            .unwrap()
-            .durable()
-            .await
-            .unwrap();
+        crate::suite::write_durably(store, &upload, 0, body, None).await;
         let digest = Digest::sha256_of(content);
         store
             .commit_upload(&upload, content.len() as u64, &digest)

@@ -23,6 +23,24 @@ async fn read_all(stream: ByteStream) -> Vec<u8> {
     chunks.concat()
 }
 
+/// Appends `data` to `upload` at `offset` and waits until it is durable, as
+/// a PATCH does before its 202.
+pub async fn write_durably(
+    store: &dyn BlobStore,
+    upload: &UploadId,
+    offset: u64,
+    data: ByteStream,
+    limit: Option<u64>,
+) -> Written {
+    store
+        .write_upload(upload, offset, data, limit)
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap()
+}
+
 pub async fn run(open: impl Fn() -> Box<dyn BlobStore>) {
     chunked_upload_commits_a_verified_blob(open()).await;
     failed_write_is_discarded_and_wrong_digest_stores_nothing(&open).await;
@@ -49,13 +67,7 @@ async fn a_write_never_made_durable_is_unacknowledged(store: Box<dyn BlobStore>)
         }
     );
     drop(pending);
-    let written = store
-        .write_upload(&upload, 0, body(&[b"right"]), None)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    let written = write_durably(store.as_ref(), &upload, 0, body(&[b"right"]), None).await;
     assert_eq!(written, Written { bytes: 5, size: 5 });
     let digest = Digest::sha256_of(b"right");
     store.commit_upload(&upload, 5, &digest).await.unwrap();
@@ -80,21 +92,9 @@ async fn empty_upload_commits_the_empty_blob(store: Box<dyn BlobStore>) {
 async fn chunked_upload_commits_a_verified_blob(store: Box<dyn BlobStore>) {
     let upload = UploadId::generate();
     store.start_upload(&upload).await.unwrap();
-    let first = store
-        .write_upload(&upload, 0, body(&[b"hello "]), None)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    let first = write_durably(store.as_ref(), &upload, 0, body(&[b"hello "]), None).await;
     assert_eq!(first, Written { bytes: 6, size: 6 });
-    let second = store
-        .write_upload(&upload, 6, body(&[b"wor", b"ld"]), None)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    let second = write_durably(store.as_ref(), &upload, 6, body(&[b"wor", b"ld"]), None).await;
     assert_eq!(second.size, 11);
     let digest = Digest::sha256_of(b"hello world");
     assert_eq!(
@@ -131,13 +131,7 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
     let store = open();
     let upload = UploadId::generate();
     store.start_upload(&upload).await.unwrap();
-    store
-        .write_upload(&upload, 0, body(&[b"abc"]), None)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    write_durably(store.as_ref(), &upload, 0, body(&[b"abc"]), None).await;
     assert_eq!(store.list_uploads().await.unwrap(), vec![upload.clone()]);
     let broken = stream::iter(vec![
         Ok(Bytes::from_static(b"garbage")),
@@ -153,13 +147,7 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
     assert_eq!(store.read_upload(&upload, 3).await.unwrap(), b"abc");
     // A fresh handle has no hash progress, so commit reads the staged data.
     let reopened = open();
-    reopened
-        .write_upload(&upload, 3, body(&[b"def"]), None)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    write_durably(reopened.as_ref(), &upload, 3, body(&[b"def"]), None).await;
     let wrong = Digest::sha256_of(b"something else");
     let error = reopened
         .commit_upload(&upload, 6, &wrong)
@@ -178,13 +166,7 @@ async fn failed_write_is_discarded_and_wrong_digest_stores_nothing(
 
     let upload = UploadId::generate();
     reopened.start_upload(&upload).await.unwrap();
-    reopened
-        .write_upload(&upload, 0, body(&[b"abcdef"]), None)
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    write_durably(reopened.as_ref(), &upload, 0, body(&[b"abcdef"]), None).await;
     let digest = Digest::sha256_of(b"abcdef");
     reopened.commit_upload(&upload, 6, &digest).await.unwrap();
     let read = reopened.read_blob(&digest, None).await.unwrap().unwrap();
@@ -199,13 +181,7 @@ async fn limits_and_cancel(store: Box<dyn BlobStore>) {
         .await
         .unwrap_err();
     assert!(matches!(error, StorageError::TooLarge { limit: 4 }));
-    store
-        .write_upload(&upload, 0, body(&[b"1234"]), Some(4))
-        .await
-        .unwrap()
-        .durable()
-        .await
-        .unwrap();
+    write_durably(store.as_ref(), &upload, 0, body(&[b"1234"]), Some(4)).await;
     store.cancel_upload(&upload).await.unwrap();
     assert!(store.list_uploads().await.unwrap().is_empty());
     let error = store
