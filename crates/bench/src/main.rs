@@ -149,9 +149,16 @@ async fn run(args: Args) -> Result<bool> {
     let reference_version = command_output(&reference_binary, &["--version"])
         .unwrap_or_else(|_| "version unknown".into());
 
-    let sha256_before_servers =
-        tokio::task::spawn_blocking(content::single_core_sha256_mib_per_second).await?;
-    eprintln!("kai-bench: single-core SHA-256 here: {sha256_before_servers:.0} MiB/s");
+    // The machine's SHA-256 speed, which pushes are judged against, is
+    // measured before the servers start and again after each round, while
+    // they are idle: the best figure is the one least lowered by other load.
+    let judges_pushes =
+        scenarios.contains(&Scenario::PushMonolithic) || scenarios.contains(&Scenario::PushChunked);
+    let sha256 = if judges_pushes {
+        Some(measure_sha256("before the servers start").await?)
+    } else {
+        None
+    };
     eprintln!("kai-bench: starting the servers");
     let candidate = if args.against_self {
         Server::start_reference("reference-b", &reference_binary, &workdir).await?
@@ -188,19 +195,12 @@ async fn run(args: Args) -> Result<bool> {
             .collect(),
         resources: Vec::new(),
         big_blob: Vec::new(),
-        sha256_mib_per_second: None,
+        sha256_mib_per_second: sha256,
         notes: Vec::new(),
         failures: Vec::new(),
     };
     for setting in &results.settings {
         eprintln!("kai-bench: {setting}");
-    }
-    // Measured before the servers start and again after each round, while
-    // they are idle: the best figure is the one least lowered by other load.
-    let judges_pushes =
-        scenarios.contains(&Scenario::PushMonolithic) || scenarios.contains(&Scenario::PushChunked);
-    if judges_pushes {
-        results.sha256_mib_per_second = Some(sha256_before_servers);
     }
     if targets.iter().any(|target| !target.server.reset_peak_rss()) {
         results.note("the kernel refused to reset VmHWM (clear_refs), so peak RSS figures are since the server started".into());
@@ -328,12 +328,9 @@ async fn run(args: Args) -> Result<bool> {
                 results.record(round, index, "server_cpu", round_cpu[index]);
             }
         }
-        if judges_pushes {
-            let sha256 =
-                tokio::task::spawn_blocking(content::single_core_sha256_mib_per_second).await?;
-            eprintln!("kai-bench: single-core SHA-256 after round {round}: {sha256:.0} MiB/s");
-            results.sha256_mib_per_second =
-                results.sha256_mib_per_second.map(|best| best.max(sha256));
+        if let Some(best) = results.sha256_mib_per_second {
+            let sha256 = measure_sha256(&format!("after round {round}")).await?;
+            results.sha256_mib_per_second = Some(best.max(sha256));
         }
     }
 
@@ -526,6 +523,13 @@ fn command_line() -> String {
         command.push_str(&arg);
     }
     command
+}
+
+/// This machine's single-core SHA-256 speed now, printed with `when`.
+async fn measure_sha256(when: &str) -> Result<f64> {
+    let sha256 = tokio::task::spawn_blocking(content::single_core_sha256_mib_per_second).await?;
+    eprintln!("kai-bench: single-core SHA-256 {when}: {sha256:.0} MiB/s");
+    Ok(sha256)
 }
 
 fn settings(
