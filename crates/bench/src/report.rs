@@ -72,14 +72,22 @@ pub fn metric_specs(sizes: &Sizes) -> Vec<MetricSpec> {
         ),
         spec(
             "pull_whole",
-            format!("blob pull, whole {}", mib(sizes.blob)),
+            format!(
+                "blob pull, whole {}, median of {} passes",
+                mib(sizes.blob),
+                sizes.pull_passes
+            ),
             "MiB/s",
             Higher,
             Some(1.2),
         ),
         spec(
             "pull_range",
-            format!("blob pull, {} ranges", mib(sizes.range)),
+            format!(
+                "blob pull, {} ranges, median of {} passes",
+                mib(sizes.range),
+                sizes.pull_passes
+            ),
             "MiB/s",
             Higher,
             Some(1.2),
