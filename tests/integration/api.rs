@@ -121,6 +121,76 @@ async fn small_blobs_live_in_the_database_and_read_like_any_other() {
     }
 }
 
+/// A PUT whose small body may be the whole blob is answered by one commit
+/// that checks the session as it ends it. Whatever the session holds, the
+/// answer is the one the session decides: under another repository the
+/// upload is unknown and stays usable where it belongs; with bytes staged the
+/// body is appended to them; a wrong digest ends the session.
+#[tokio::test]
+async fn a_small_completing_put_is_checked_against_its_session() {
+    let registry = TestRegistry::start().await;
+    let bytes = b"a small blob".to_vec();
+    let digest = sha256(&bytes);
+    let put = |location: String, digest: String, body: Vec<u8>| {
+        registry
+            .request(Method::PUT, &format!("{location}?digest={digest}"))
+            .body(body)
+            .send()
+    };
+
+    // The session of home/app, completed under other/app.
+    let location = registry.start_upload("home/app").await;
+    let elsewhere = location.replacen("/v2/home/app/", "/v2/other/app/", 1);
+    assert_ne!(elsewhere, location);
+    let refused = put(elsewhere, digest.clone(), bytes.clone()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(refused).await, "BLOB_UPLOAD_UNKNOWN");
+    let path = |repository: &str| format!("/v2/{repository}/blobs/{digest}");
+    let head = registry
+        .request(Method::HEAD, &path("other/app"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::NOT_FOUND);
+    let status = registry.get(&location).await;
+    assert_eq!(status.status(), StatusCode::NO_CONTENT);
+    assert_eq!(header(&status, "range"), "0-0");
+    let created = put(location, digest.clone(), bytes.clone()).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        registry.get(&path("home/app")).await.bytes().await.unwrap(),
+        bytes
+    );
+
+    // Bytes staged by a PATCH come first.
+    let whole = b"staged, then the rest".to_vec();
+    let location = registry.start_upload("home/app").await;
+    let location = registry.patch_chunk(&location, 0, &whole[..8]).await;
+    let created = put(location, sha256(&whole), whole[8..].to_vec())
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let stored = registry
+        .get(&format!("/v2/home/app/blobs/{}", sha256(&whole)))
+        .await;
+    assert_eq!(stored.bytes().await.unwrap(), whole);
+
+    // A wrong digest: DIGEST_INVALID, and the session is gone.
+    let location = registry.start_upload("home/app").await;
+    let wrong = put(location.clone(), sha256(b"other bytes"), bytes.clone())
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(wrong).await, "DIGEST_INVALID");
+    let status = registry.get(&location).await;
+    assert_eq!(error_code(status).await, "BLOB_UPLOAD_UNKNOWN");
+
+    let stored = registry.stored().await;
+    assert_eq!(stored.uploads, 0);
+    assert_eq!(stored.stored_blobs, 2);
+    registry.stop().await;
+}
+
 #[tokio::test]
 async fn chunked_upload_with_status_and_final_chunk() {
     let registry = TestRegistry::start().await;

@@ -11,7 +11,11 @@ use kai_auth::{AccountKind, RepositoryFacts, Role, TeamRole};
 use kai_oci::RepositoryName;
 use sqlx::Row;
 
-use crate::{now, Durability, MetaStore, Result, StatementArguments, Upload};
+use kai_oci::Digest;
+
+use crate::{
+    link_blob_rows, now, Durability, MetaError, MetaStore, Result, StatementArguments, Upload,
+};
 
 /// A user, organisation or robot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -904,6 +908,79 @@ impl MetaStore {
         .await
     }
 
+    /// Ends upload `upload` and stores the blob it delivered (`content`,
+    /// verified as `digest` by the caller) in `repository`, in one durable
+    /// commit, if the session belongs to `repository` and to `owner` (or to
+    /// no one) and holds no staged bytes. Returns whether it did; otherwise
+    /// nothing changes, and the caller reads the session to say why. This is
+    /// [`Self::owned_upload`] and [`MetaStore::finish_upload`] in one trip to
+    /// the database's writer: a small blob pushed as a POST and a PUT then
+    /// costs one commit and no read.
+    pub async fn finish_owned_unstaged_upload(
+        &self,
+        upload: &str,
+        repository: &RepositoryName,
+        owner: Option<&str>,
+        digest: &Digest,
+        content: Vec<u8>,
+    ) -> Result<bool> {
+        let now = now();
+        let size = content.len() as i64;
+        let (upload, repository) = (upload.to_owned(), repository.as_str().to_owned());
+        let (digest, owner) = (digest.to_string(), owner.map(str::to_owned));
+        if let Some(committer) = &self.grouped {
+            let arguments = StatementArguments::default()
+                .with(upload)?
+                .with(repository)?
+                .with(digest)?
+                .with(size)?
+                .with(now)?
+                .with(content)?
+                .with(owner)?;
+            let ended = committer
+                .write_statement(
+                    Durability::Durable,
+                    FINISH_OWNED_UNSTAGED_UPLOAD_SQLITE,
+                    arguments.0,
+                )
+                .await?;
+            return match ended {
+                Some(count) => Ok(count == 1),
+                None => Err(MetaError::NotCommitted(
+                    "finishing an upload returned no count of ended sessions".into(),
+                )),
+            };
+        }
+        self.write(move |connection| {
+            Box::pin(async move {
+                let ended = sqlx::query(
+                    "DELETE FROM uploads WHERE id = $1 AND repository = $2 AND size = 0 \
+                     AND (owner IS NULL OR owner = $3)",
+                )
+                .bind(&upload)
+                .bind(&repository)
+                .bind(owner)
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+                if ended != 1 {
+                    return Ok(false);
+                }
+                link_blob_rows(
+                    connection,
+                    &repository,
+                    &digest,
+                    size as u64,
+                    now,
+                    Some(content),
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
     /// An upload session with the account that owns it (`None` if unowned).
     pub async fn owned_upload(&self, id: &str) -> Result<Option<(Upload, Option<String>)>> {
         let row = sqlx::query(
@@ -934,6 +1011,39 @@ fn grant_from_row(row: &sqlx::any::AnyRow) -> Grant {
         role: row.get::<String, _>(2).parse().unwrap_or(Role::Read),
     }
 }
+
+/// The condition of `FINISH_OWNED_UNSTAGED_UPLOAD_SQLITE`: session `$1`
+/// belongs to repository `$2` and to account `$7` (or to no one), and holds
+/// no staged bytes.
+macro_rules! unstaged_owned_session {
+    () => {
+        "EXISTS (SELECT 1 FROM uploads WHERE id = $1 AND repository = $2 AND size = 0 \
+         AND (owner IS NULL OR owner = $7))"
+    };
+}
+
+/// `LINK_BLOB_SQLITE` with the blob's content, each statement only if the
+/// session qualifies, and its deletion last: `changes()` then counts the
+/// sessions ended, 1 or 0. One SQL text, so that alone it is one trip to the
+/// connection's thread. Arguments: upload, repository, digest, size, now,
+/// content, owner.
+const FINISH_OWNED_UNSTAGED_UPLOAD_SQLITE: &str = concat!(
+    "INSERT INTO repositories (name, created_at) SELECT $2, $5 WHERE ",
+    unstaged_owned_session!(),
+    " ON CONFLICT (name) DO NOTHING; ",
+    "INSERT INTO blobs (digest, size, created_at) SELECT $3, $4, $5 WHERE ",
+    unstaged_owned_session!(),
+    " ON CONFLICT (digest) DO NOTHING; ",
+    "INSERT INTO repository_blobs (repository, digest, created_at) SELECT $2, $3, $5 WHERE ",
+    unstaged_owned_session!(),
+    " ON CONFLICT (repository, digest) DO NOTHING; ",
+    "INSERT INTO blob_contents (digest, content) SELECT $3, $6 WHERE ",
+    unstaged_owned_session!(),
+    " ON CONFLICT (digest) DO NOTHING; ",
+    "DELETE FROM uploads WHERE id = $1 AND repository = $2 AND size = 0 \
+     AND (owner IS NULL OR owner = $7); ",
+    "SELECT changes()"
+);
 
 #[cfg(test)]
 mod tests {
@@ -1111,5 +1221,105 @@ mod tests {
         assert_eq!(log.len(), 2);
         assert_eq!(log[0].entry.action, "delete");
         assert_eq!(log[1].entry, entry);
+    }
+
+    /// A PUT that completes an upload with a small body ends the session and
+    /// stores the blob in one commit, but only the session's owner, in the
+    /// session's repository, and only while nothing is staged; anyone else
+    /// changes nothing. Finishes that commit together (a group) each get
+    /// their own answer.
+    #[tokio::test]
+    async fn only_the_owner_finishes_an_unstaged_upload_in_one_commit() {
+        let (meta, _directory) = store().await;
+        let (repository, elsewhere) = (name("finish/here"), name("finish/elsewhere"));
+        let digest = Digest::sha256_of(b"small");
+        let finish =
+            |upload: &'static str, repository: RepositoryName, owner: Option<&'static str>| {
+                let (meta, digest) = (meta.clone(), digest.clone());
+                async move {
+                    meta.finish_owned_unstaged_upload(
+                        upload,
+                        &repository,
+                        owner,
+                        &digest,
+                        b"small".to_vec(),
+                    )
+                    .await
+                    .unwrap()
+                }
+            };
+        meta.create_owned_upload("owned", &repository, Some("alice"))
+            .await
+            .unwrap();
+        meta.create_owned_upload("staged", &repository, Some("alice"))
+            .await
+            .unwrap();
+        assert!(meta.advance_upload("staged", 0, 2).await.unwrap());
+
+        // Another account, no account, another repository, an unknown or a
+        // staged session: nothing happens.
+        assert!(!finish("owned", repository.clone(), Some("bob")).await);
+        assert!(!finish("owned", repository.clone(), None).await);
+        assert!(!finish("owned", elsewhere.clone(), Some("alice")).await);
+        assert!(!finish("unknown", repository.clone(), Some("alice")).await);
+        assert!(!finish("staged", repository.clone(), Some("alice")).await);
+        assert!(meta.owned_upload("owned").await.unwrap().is_some());
+        assert_eq!(
+            meta.upload("staged")
+                .await
+                .unwrap()
+                .map(|upload| upload.size),
+            Some(2)
+        );
+        assert!(!meta.repository_exists(&repository).await.unwrap());
+        assert!(!meta.repository_exists(&elsewhere).await.unwrap());
+        assert_eq!(
+            meta.repository_blob(&repository, &digest).await.unwrap(),
+            None
+        );
+
+        assert!(finish("owned", repository.clone(), Some("alice")).await);
+        assert!(meta.owned_upload("owned").await.unwrap().is_none());
+        assert_eq!(
+            meta.repository_blob_for_read(&repository, &digest)
+                .await
+                .unwrap(),
+            Some(crate::BlobForRead {
+                size: 5,
+                content: Some(b"small".to_vec())
+            })
+        );
+        // Ended once: a second finish finds no session.
+        assert!(!finish("owned", repository.clone(), Some("alice")).await);
+
+        // Concurrent finishes share a commit, each in a savepoint of its own.
+        let mut sessions = Vec::new();
+        for (upload, owner) in [
+            ("a", None),
+            ("b", Some("alice")),
+            ("c", Some("bob")),
+            ("d", None),
+        ] {
+            meta.create_owned_upload(upload, &elsewhere, owner)
+                .await
+                .unwrap();
+            sessions.push(upload);
+        }
+        let answers = futures::future::join_all([
+            finish("a", elsewhere.clone(), Some("carol")),
+            finish("b", elsewhere.clone(), Some("bob")),
+            finish("c", elsewhere.clone(), Some("bob")),
+            finish("d", repository.clone(), None),
+        ])
+        .await;
+        assert_eq!(answers, [true, false, true, false]);
+        for (upload, left) in sessions.into_iter().zip([false, true, false, true]) {
+            assert_eq!(
+                meta.owned_upload(upload).await.unwrap().is_some(),
+                left,
+                "session {upload}"
+            );
+        }
+        assert!(meta.repository_exists(&elsewhere).await.unwrap());
     }
 }

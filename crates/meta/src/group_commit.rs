@@ -63,11 +63,12 @@ struct Job {
 enum Work {
     /// Statements of its own choosing.
     Run(Run),
-    /// One SQL text (it may hold several statements) with its arguments.
+    /// One SQL text (it may hold several statements) with its arguments;
+    /// answered with the value its last returned row holds, if any.
     Statement {
         sql: &'static str,
         arguments: AnyArguments<'static>,
-        reply: oneshot::Sender<Result<()>>,
+        reply: oneshot::Sender<Result<Option<i64>>>,
     },
 }
 
@@ -83,8 +84,10 @@ impl Work {
             } => replying_run(
                 move |connection| {
                     Box::pin(async move {
-                        sqlx::query_with(sql, arguments).execute(connection).await?;
-                        Ok(())
+                        let rows = sqlx::query_with(sql, arguments)
+                            .fetch_all(connection)
+                            .await?;
+                        Ok(last_value(&rows))
                     })
                 },
                 reply,
@@ -130,15 +133,17 @@ impl GroupCommitter {
 
     /// Runs `sql` (one or more statements) with `arguments` as [`Self::write`]
     /// runs a write; alone in its group, in one trip to the connection's
-    /// thread. The statements must not depend on a count of changed rows,
-    /// which this does not return.
+    /// thread. Returns the first column of the last row the statements
+    /// return (as an integer), or `None` when they return none: a text that
+    /// must know whether a statement changed anything ends with `SELECT
+    /// changes()` right after it.
     pub async fn write_statement(
         &self,
         durability: Durability,
         sql: &'static str,
         arguments: AnyArguments<'static>,
-    ) -> Result<()> {
-        let (reply, answer) = oneshot::channel::<Result<()>>();
+    ) -> Result<Option<i64>> {
+        let (reply, answer) = oneshot::channel::<Result<Option<i64>>>();
         let work = Work::Statement {
             sql,
             arguments,
@@ -282,7 +287,7 @@ async fn commit_alone(
     relaxed: bool,
     sql: &'static str,
     arguments: AnyArguments<'static>,
-    reply: oneshot::Sender<Result<()>>,
+    reply: oneshot::Sender<Result<Option<i64>>>,
 ) -> std::result::Result<(), sqlx::Error> {
     let text = if relaxed {
         format!(
@@ -291,14 +296,26 @@ async fn commit_alone(
     } else {
         format!("BEGIN IMMEDIATE; {sql}; COMMIT")
     };
+    // All rows, never just the first: the statements after the row (the
+    // COMMIT) run only as the results are read to the end.
     let outcome = sqlx::query_with(&text, arguments)
-        .execute(&mut **connection)
+        .fetch_all(&mut **connection)
         .await;
     if outcome.is_err() {
         connection.close_on_drop();
     }
-    let _ = reply.send(outcome.map(|_| ()).map_err(MetaError::from));
+    let _ = reply.send(
+        outcome
+            .map(|rows| last_value(&rows))
+            .map_err(MetaError::from),
+    );
     Ok(())
+}
+
+/// The first column of the last of `rows`, as an integer.
+fn last_value(rows: &[sqlx::any::AnyRow]) -> Option<i64> {
+    use sqlx::Row as _;
+    rows.last().and_then(|row| row.try_get::<i64, _>(0).ok())
 }
 
 /// Sets a connection back to durable commits after a relaxed group. If that

@@ -286,7 +286,10 @@ impl MetaStore {
     ) -> Result<()> {
         let arguments = arguments.0;
         if let Some(committer) = &self.grouped {
-            return committer.write_statement(durability, sql, arguments).await;
+            committer
+                .write_statement(durability, sql, arguments)
+                .await?;
+            return Ok(());
         }
         self.write_with(durability, move |connection| {
             Box::pin(async move {
@@ -432,30 +435,7 @@ impl MetaStore {
                         .execute(&mut *connection)
                         .await?;
                 }
-                ensure_repository(connection, &repository, now).await?;
-                sqlx::query("INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-                    .bind(&digest)
-                    .bind(size as i64)
-                    .bind(now)
-                    .execute(&mut *connection)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (repository, digest) DO NOTHING",
-                )
-                .bind(&repository)
-                .bind(&digest)
-                .bind(now)
-                .execute(&mut *connection)
-                .await?;
-                if let Some(content) = content {
-                    sqlx::query(INSERT_BLOB_CONTENT)
-                        .bind(&digest)
-                        .bind(content)
-                        .execute(&mut *connection)
-                        .await?;
-                }
-                Ok(())
+                link_blob_rows(connection, &repository, &digest, size, now, content).await
             })
         })
         .await
@@ -905,6 +885,45 @@ const LINK_BLOB_SQLITE: &str = "\
 /// Stores a blob's bytes `$2` under digest `$1`, unless they are stored already.
 const INSERT_BLOB_CONTENT: &str =
     "INSERT INTO blob_contents (digest, content) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING";
+
+/// The rows that make blob `digest` (`size` bytes, with its `content` if it
+/// is kept in the database) visible in `repository`: the statements of
+/// `LINK_BLOB_SQLITE` after its first, one at a time (for PostgreSQL).
+async fn link_blob_rows(
+    connection: &mut AnyConnection,
+    repository: &str,
+    digest: &str,
+    size: u64,
+    now: i64,
+    content: Option<Vec<u8>>,
+) -> Result<()> {
+    ensure_repository(connection, repository, now).await?;
+    sqlx::query(
+        "INSERT INTO blobs (digest, size, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+    )
+    .bind(digest)
+    .bind(size as i64)
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(
+        "INSERT INTO repository_blobs (repository, digest, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (repository, digest) DO NOTHING",
+    )
+    .bind(repository)
+    .bind(digest)
+    .bind(now)
+    .execute(&mut *connection)
+    .await?;
+    if let Some(content) = content {
+        sqlx::query(INSERT_BLOB_CONTENT)
+            .bind(digest)
+            .bind(content)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
+}
 
 async fn ensure_repository(
     connection: &mut AnyConnection,

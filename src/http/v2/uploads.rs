@@ -319,27 +319,12 @@ async fn complete_inline(
     length: u64,
     digest: &Digest,
 ) -> Result<Response, ApiError> {
-    use futures::StreamExt as _;
-    let mut content = if staged > 0 {
+    let content = if staged > 0 {
         state.blobs.read_upload(upload, staged).await?
     } else {
         Vec::new()
     };
-    let mut received = 0u64;
-    let mut pieces = body_stream(body);
-    while let Some(piece) = pieces.next().await {
-        let piece = piece.map_err(|error| StorageError::Body(error.to_string()))?;
-        received += piece.len() as u64;
-        if received > length {
-            return Err(StorageError::TooLarge { limit: length }.into());
-        }
-        content.extend_from_slice(&piece);
-    }
-    if received != length {
-        return Err(ApiError::SizeInvalid {
-            reason: format!("received {received} bytes, but {length} were announced"),
-        });
-    }
+    let content = append_body(content, body, length).await?;
     let actual = digest.same_algorithm_of(&content);
     if actual != *digest {
         // As in `complete`: a mismatch ends the session and its staged data.
@@ -357,14 +342,98 @@ async fn complete_inline(
     if staged > 0 {
         remove_finished_staging(state.blobs.as_ref(), upload).await;
     } else {
-        // Nothing was acknowledged before this request, so there is at most
-        // the remnant of a failed write to remove. That happens while the
-        // client gets its answer: waiting would only delay it by a hand-off
-        // to a blocking thread and back.
-        let (blobs, upload) = (state.blobs.clone(), upload.clone());
-        tokio::spawn(async move { remove_finished_staging(blobs.as_ref(), &upload).await });
+        remove_unstaged_remnant(state, upload);
     }
     Ok(blob_created(name, digest))
+}
+
+/// Appends `body`, announced as `length` bytes, to `content`.
+async fn append_body(mut content: Vec<u8>, body: Body, length: u64) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt as _;
+    let mut received = 0u64;
+    let mut pieces = body_stream(body);
+    while let Some(piece) = pieces.next().await {
+        let piece = piece.map_err(|error| StorageError::Body(error.to_string()))?;
+        received += piece.len() as u64;
+        if received > length {
+            return Err(StorageError::TooLarge { limit: length }.into());
+        }
+        content.extend_from_slice(&piece);
+    }
+    if received != length {
+        return Err(ApiError::SizeInvalid {
+            reason: format!("received {received} bytes, but {length} were announced"),
+        });
+    }
+    Ok(content)
+}
+
+/// After a completion that found nothing acknowledged, there is at most the
+/// remnant of a failed write to remove. That happens while the client gets
+/// its answer: waiting would only delay it by a hand-off to a blocking thread
+/// and back.
+fn remove_unstaged_remnant(state: &AppState, upload: &UploadId) {
+    let (blobs, upload) = (state.blobs.clone(), upload.clone());
+    tokio::spawn(async move { remove_finished_staging(blobs.as_ref(), &upload).await });
+}
+
+/// The length of a completing PUT's body if it may be the whole blob, kept in
+/// the metadata database: announced by `Content-Length`, not empty, at most
+/// `uploads.inline_max_bytes`, and without `Content-Range` (which says where
+/// the bytes go, so the session must be read first). An empty body is how
+/// chunked uploads end; those have bytes staged.
+fn whole_small_body_length(state: &AppState, headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key("content-range") {
+        return None;
+    }
+    let length = content_length(headers)?;
+    (length > 0 && length <= state.config.uploads.inline_max_bytes).then_some(length)
+}
+
+/// The completion of an upload whose session has nothing staged by a body
+/// that holds the whole blob, small enough to keep in the metadata database:
+/// the body is received and verified first, then one commit checks the
+/// session (its repository, its owner, nothing staged), ends it and stores
+/// the blob. That saves reading the session before the commit, which was a
+/// third of the time a serial client spent per small blob. Returns the body
+/// back when the commit finds the session otherwise or the digest differs:
+/// the caller then reads the session and completes as usual, which reports
+/// why.
+async fn complete_whole_small_body(
+    state: &AppState,
+    name: &RepositoryName,
+    upload: &UploadId,
+    auth: &RequestAuth,
+    body: Body,
+    length: u64,
+    digest: &Digest,
+) -> Result<Result<Response, Vec<u8>>, ApiError> {
+    let content = match append_body(Vec::new(), body, length).await {
+        Ok(content) => content,
+        Err(error) => {
+            // An unknown session is the first thing to report.
+            session(state, name, upload, auth).await?;
+            return Err(error);
+        }
+    };
+    if digest.same_algorithm_of(&content) != *digest {
+        return Ok(Err(content));
+    }
+    let finished = state
+        .meta
+        .finish_owned_unstaged_upload(
+            upload.as_str(),
+            name,
+            auth.account(),
+            digest,
+            content.clone(),
+        )
+        .await?;
+    if !finished {
+        return Ok(Err(content));
+    }
+    remove_unstaged_remnant(state, upload);
+    Ok(Ok(blob_created(name, digest)))
 }
 
 /// Removes the staged data of an upload whose blob is stored. A failure only
@@ -517,8 +586,19 @@ pub async fn finish(
             reason: "the digest query parameter is required to finish an upload".into(),
         })?;
     let _guard = state.upload_locks.lock(upload).await;
-    let session = session(state, name, upload, auth).await?;
     let (parts, body) = request.into_parts();
+    let body = match whole_small_body_length(state, &parts.headers) {
+        Some(length) => {
+            match complete_whole_small_body(state, name, upload, auth, body, length, &digest)
+                .await?
+            {
+                Ok(response) => return Ok(response),
+                Err(content) => Body::from(content),
+            }
+        }
+        None => body,
+    };
+    let session = session(state, name, upload, auth).await?;
     if let Some(length) = inline_length(state, name, upload, session.size, &parts.headers, &body)? {
         return complete_inline(state, name, upload, session.size, body, length, &digest).await;
     }
