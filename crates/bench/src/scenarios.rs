@@ -265,16 +265,8 @@ impl Target {
 
     async fn pull_whole(&self, content: &Arc<Content>, passes: usize) -> Result<Measured> {
         pull_on_own_thread(&self.server, content, move |registry, content| async move {
-            let mut rates = Vec::with_capacity(passes);
-            for _ in 0..passes {
-                let started = Instant::now();
-                let bytes = registry.pull_blob(BLOBS, &content).await?;
-                rates.push(mib_per_second(bytes, started.elapsed()));
-            }
-            Ok(Measured::of(vec![(
-                "pull_whole",
-                median(&rates).unwrap_or(0.0),
-            )]))
+            let rate = median_pass_rate(passes, || registry.pull_blob(BLOBS, &content)).await?;
+            Ok(Measured::of(vec![("pull_whole", rate)]))
         })
         .await
     }
@@ -286,9 +278,7 @@ impl Target {
         passes: usize,
     ) -> Result<Measured> {
         pull_on_own_thread(&self.server, content, move |registry, content| async move {
-            let mut rates = Vec::with_capacity(passes);
-            for _ in 0..passes {
-                let started = Instant::now();
+            let rate = median_pass_rate(passes, || async {
                 let mut bytes = 0;
                 let mut start = 0;
                 while start < content.size() {
@@ -296,8 +286,9 @@ impl Target {
                     bytes += registry.pull_range(BLOBS, &content, start, end).await?;
                     start = end;
                 }
-                rates.push(mib_per_second(bytes, started.elapsed()));
-            }
+                Ok(bytes)
+            })
+            .await?;
             // An unaligned range across a 1 MiB boundary, and the last byte.
             let odd = (12_345u64).min(content.size() - 1);
             let odd_end = (odd + (1 << 20) + 7).min(content.size());
@@ -305,10 +296,7 @@ impl Target {
             registry
                 .pull_range(BLOBS, &content, content.size() - 1, content.size())
                 .await?;
-            Ok(Measured::of(vec![(
-                "pull_range",
-                median(&rates).unwrap_or(0.0),
-            )]))
+            Ok(Measured::of(vec![("pull_range", rate)]))
         })
         .await
     }
@@ -865,6 +853,22 @@ where
         })
         .context("starting the pull thread")?;
     receiver.await.context("the pull thread panicked")?
+}
+
+/// Runs `pass` (which returns the bytes it moved) `passes` times, one after
+/// another, and returns the median rate in MiB/s.
+async fn median_pass_rate<Pass, Moved>(passes: usize, mut pass: Pass) -> Result<f64>
+where
+    Pass: FnMut() -> Moved,
+    Moved: std::future::Future<Output = Result<u64>>,
+{
+    let mut rates = Vec::with_capacity(passes);
+    for _ in 0..passes {
+        let started = Instant::now();
+        let bytes = pass().await?;
+        rates.push(mib_per_second(bytes, started.elapsed()));
+    }
+    Ok(median(&rates).unwrap_or(0.0))
 }
 
 /// The value at quantile `q` of sorted `values` (nearest rank).
