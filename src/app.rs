@@ -32,7 +32,9 @@ impl AppState {
             )
         })?;
         let blobs = open_blob_store(&config)?;
-        let meta = MetaStore::open(&config.database_url())
+        let manifest_cache_bytes =
+            usize::try_from(config.cache.manifest_bytes).unwrap_or(usize::MAX);
+        let meta = MetaStore::open_for_serving(&config.database_url(), manifest_cache_bytes)
             .await
             .with_context(|| {
                 format!(

@@ -32,6 +32,7 @@ pub struct Config {
     pub s3: S3,
     pub limits: Limits,
     pub uploads: Uploads,
+    pub cache: Cache,
     pub log: Log,
     pub tls: Tls,
     pub auth: Auth,
@@ -85,6 +86,17 @@ pub struct Uploads {
     /// written by the commit that links them: one sync per push instead of
     /// three. 0 keeps every blob in the blob store.
     pub inline_max_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cache {
+    /// Memory for manifests recently pulled by tag or digest, in bytes, so a
+    /// pull needs no database query. Only with the embedded SQLite database,
+    /// which `kai serve` then locks to itself; replicas on PostgreSQL never
+    /// cache. A manifest over a sixteenth of this is not kept. 0 turns the
+    /// cache off.
+    pub manifest_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +181,7 @@ impl Default for Config {
             s3: S3::default(),
             limits: Limits::default(),
             uploads: Uploads::default(),
+            cache: Cache::default(),
             log: Log::default(),
             tls: Tls::default(),
             auth: Auth::default(),
@@ -191,6 +204,14 @@ impl Default for Uploads {
             expire_after: Duration::from_secs(24 * 60 * 60),
             cleanup_interval: Duration::from_secs(10 * 60),
             inline_max_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            manifest_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -420,6 +420,87 @@ async fn tag_moves_to_the_last_pushed_manifest() {
     registry.stop().await;
 }
 
+/// Pulls are answered from memory once a manifest has been read (see
+/// `kai_meta::manifest_cache`); a pull after a tag moves, or after a tag or a
+/// manifest is deleted, must see the change.
+#[tokio::test]
+async fn a_pulled_manifest_is_not_served_after_its_tag_moves_or_it_is_deleted() {
+    let registry = TestRegistry::start().await;
+    let name = "cached/app";
+    let (first, first_digest) = registry.push_image(name, "latest", b"one").await;
+    let pull = |reference: String| {
+        let registry = &registry;
+        async move {
+            let response = registry
+                .request(Method::GET, &format!("/v2/{name}/manifests/{reference}"))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let digest = response
+                .headers()
+                .get("docker-content-digest")
+                .map(|value| value.to_str().unwrap().to_owned());
+            (status, digest, response.bytes().await.unwrap())
+        }
+    };
+    // Read twice each, by tag and by digest, so the second answer can come
+    // from the cache.
+    for _ in 0..2 {
+        let (status, digest, body) = pull("latest".into()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(digest.as_deref(), Some(first_digest.as_str()));
+        assert_eq!(body.as_ref(), first.as_slice());
+        let (status, _, body) = pull(first_digest.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body.as_ref(), first.as_slice());
+    }
+
+    // The tag moves: GET and HEAD follow it at once.
+    let (second, second_digest) = registry.push_image(name, "latest", b"two").await;
+    let (status, digest, body) = pull("latest".into()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(digest.as_deref(), Some(second_digest.as_str()));
+    assert_eq!(body.as_ref(), second.as_slice());
+    let head = registry
+        .request(Method::HEAD, &format!("/v2/{name}/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&head, "docker-content-digest"), second_digest);
+
+    // The tag is deleted: it is unknown, while the manifest stays by digest.
+    let deleted = registry
+        .request(Method::DELETE, &format!("/v2/{name}/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    let (status, _, _) = pull("latest".into()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = pull(second_digest.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_ref(), second.as_slice());
+
+    // The first manifest, read by digest above, is deleted: it is unknown.
+    let deleted = registry
+        .request(
+            Method::DELETE,
+            &format!("/v2/{name}/manifests/{first_digest}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::ACCEPTED);
+    let response = registry
+        .get(&format!("/v2/{name}/manifests/{first_digest}"))
+        .await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(response).await, "MANIFEST_UNKNOWN");
+    registry.stop().await;
+}
+
 #[tokio::test]
 async fn tags_list_is_sorted_and_paginated_with_link() {
     let registry = TestRegistry::start().await;

@@ -1,6 +1,7 @@
 //! The `kai` binary as an operator runs it: started on a data directory,
 //! killed with SIGKILL and started again on the same data, stopped with
-//! SIGTERM, started on a port that is taken, and asked for its configuration.
+//! SIGTERM, started on a port that is taken or on data another server uses,
+//! and asked for its configuration.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -495,6 +496,54 @@ async fn serve_on_a_port_in_use_fails_naming_the_address() {
         !String::from_utf8_lossy(&output.stdout).contains("listening on"),
         "it must not claim to listen"
     );
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_embedded_database_refuses_to_start() {
+    let workspace = Workspace::new();
+    let first = Kai::start(&workspace.data(), &workspace.log()).await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        kai()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(workspace.data())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("the second kai gives up within 30 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let database = workspace.data().join("kai.db");
+    assert!(
+        stderr.contains("another `kai serve` is using the database")
+            && stderr.contains(&database.display().to_string())
+            && stderr.contains("PostgreSQL"),
+        "the error names the database and what to do: {stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("listening on"),
+        "it must not claim to listen"
+    );
+    // The first one serves on, and `kai accounts` still opens the database.
+    assert_eq!(first.get("/v2/").await.status(), StatusCode::OK);
+    let accounts = kai()
+        .args(["user", "list", "--data"])
+        .arg(workspace.data())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        accounts.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accounts.stderr)
+    );
+    // A killed server leaves no lock behind.
+    first.kill().await;
+    let again = Kai::start(&workspace.data(), &workspace.log()).await;
+    assert_eq!(again.get("/v2/").await.status(), StatusCode::OK);
+    again.kill().await;
 }
 
 /// Runs `kai config` in an empty directory and returns what it printed, parsed.

@@ -9,9 +9,14 @@
 
 pub mod accounts;
 mod group_commit;
+mod manifest_cache;
+mod serve_lock;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use futures::future::BoxFuture;
 use kai_oci::{Digest, RepositoryName};
@@ -19,6 +24,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use group_commit::GroupCommitter;
+use manifest_cache::ManifestCache;
+use serve_lock::ServeLock;
+pub use serve_lock::ServeLockError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -31,6 +39,8 @@ pub enum MetaError {
     NotCommitted(String),
     #[error("unsupported database URL {0:?}; use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
+    #[error(transparent)]
+    ServeLock(#[from] ServeLockError),
 }
 
 impl MetaError {
@@ -86,7 +96,7 @@ pub struct BlobForRead {
 pub struct StoredManifest {
     pub digest: String,
     pub media_type: String,
-    pub content: Vec<u8>,
+    pub content: Bytes,
 }
 
 /// A manifest whose `subject` is another manifest, as the referrers API lists it.
@@ -176,6 +186,12 @@ pub struct MetaStore {
     writer: AnyPool,
     /// SQLite only: commits concurrent writes together (see `group_commit`).
     grouped: Option<GroupCommitter>,
+    /// Only when this process is the database's sole writer (see
+    /// `open_for_serving`): manifests read by tag or digest.
+    manifest_cache: Option<Arc<ManifestCache>>,
+    /// Held while any clone of the store lives: makes this process the sole
+    /// writer of a SQLite database.
+    _serve_lock: Option<Arc<ServeLock>>,
 }
 
 impl MetaStore {
@@ -192,6 +208,25 @@ impl MetaStore {
         } else {
             Err(MetaError::UnsupportedUrl(redact_url(url)))
         }
+    }
+
+    /// Opens the database for `kai serve`. A SQLite database is then locked
+    /// to this process (a second server on it fails to start with
+    /// `ServeLockError`; `kai accounts` and other commands still open it), so
+    /// manifests read by tag or digest can be kept in memory, up to
+    /// `manifest_cache_bytes` (0: none). PostgreSQL is shared by replicas and
+    /// opens as with `open`, with no cache.
+    pub async fn open_for_serving(url: &str, manifest_cache_bytes: usize) -> Result<Self> {
+        let Some(path) = sqlite_path(url) else {
+            return Self::open(url).await;
+        };
+        let lock = ServeLock::acquire(&path)?;
+        let mut store = Self::open(url).await?;
+        store._serve_lock = Some(Arc::new(lock));
+        if manifest_cache_bytes > 0 {
+            store.manifest_cache = Some(Arc::new(ManifestCache::new(manifest_cache_bytes)));
+        }
+        Ok(store)
     }
 
     async fn open_sqlite(url: &str) -> Result<Self> {
@@ -245,6 +280,8 @@ impl MetaStore {
             grouped: Some(GroupCommitter::start(writer.clone(), reader.clone())),
             reader,
             writer,
+            manifest_cache: None,
+            _serve_lock: None,
         })
     }
 
@@ -260,6 +297,8 @@ impl MetaStore {
             reader: pool.clone(),
             writer: pool,
             grouped: None,
+            manifest_cache: None,
+            _serve_lock: None,
         })
     }
 
@@ -492,12 +531,16 @@ impl MetaStore {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query("SELECT digest, media_type, content FROM manifests WHERE repository = $1 AND digest = $2")
-            .bind(repository.as_str())
-            .bind(digest.to_string())
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.map(stored_manifest))
+        let digest = digest.to_string();
+        self.cached_manifest(repository, &digest, async {
+            let row = sqlx::query("SELECT digest, media_type, content FROM manifests WHERE repository = $1 AND digest = $2")
+                .bind(repository.as_str())
+                .bind(&digest)
+                .fetch_optional(&self.reader)
+                .await?;
+            Ok(row.map(stored_manifest))
+        })
+        .await
     }
 
     /// A stored conversion of a manifest, by the conversion's digest.
@@ -534,7 +577,7 @@ impl MetaStore {
         .bind(&conversion.digest)
         .bind(source)
         .bind(&conversion.media_type)
-        .bind(conversion.content.as_slice())
+        .bind(&conversion.content[..])
         .bind(now())
         .execute(&self.writer)
         .await?;
@@ -546,21 +589,65 @@ impl MetaStore {
         repository: &RepositoryName,
         tag: &str,
     ) -> Result<Option<StoredManifest>> {
-        let row = sqlx::query(
-            "SELECT manifests.digest, manifests.media_type, manifests.content FROM tags \
-             JOIN manifests ON manifests.repository = tags.repository AND manifests.digest = tags.digest \
-             WHERE tags.repository = $1 AND tags.name = $2",
-        )
-        .bind(repository.as_str())
-        .bind(tag)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(row.map(stored_manifest))
+        self.cached_manifest(repository, tag, async {
+            let row = sqlx::query(
+                "SELECT manifests.digest, manifests.media_type, manifests.content FROM tags \
+                 JOIN manifests ON manifests.repository = tags.repository AND manifests.digest = tags.digest \
+                 WHERE tags.repository = $1 AND tags.name = $2",
+            )
+            .bind(repository.as_str())
+            .bind(tag)
+            .fetch_optional(&self.reader)
+            .await?;
+            Ok(row.map(stored_manifest))
+        })
+        .await
+    }
+
+    /// The manifest `reference` (a tag or a digest) names in `repository`:
+    /// from the manifest cache when there is one and it holds it, otherwise
+    /// from `query`, whose answer the cache then keeps (see `manifest_cache`).
+    async fn cached_manifest(
+        &self,
+        repository: &RepositoryName,
+        reference: &str,
+        query: impl std::future::Future<Output = Result<Option<StoredManifest>>>,
+    ) -> Result<Option<StoredManifest>> {
+        let Some(cache) = &self.manifest_cache else {
+            return query.await;
+        };
+        if let Some(cached) = cache.get(repository.as_str(), reference) {
+            return Ok(Some(cached));
+        }
+        let seen = cache.generation();
+        let found = query.await?;
+        if let Some(manifest) = &found {
+            cache.insert(seen, repository.as_str(), reference, manifest);
+        }
+        Ok(found)
+    }
+
+    /// Ends every cached answer of `manifest_by_tag` and `manifest_by_digest`.
+    /// Called after each write that may change what a tag or digest names,
+    /// whether it committed or not.
+    fn invalidate_manifests(&self) {
+        if let Some(cache) = &self.manifest_cache {
+            cache.invalidate();
+        }
     }
 
     /// Stores a manifest with its references and tags, after checking in the same
     /// transaction that everything it refers to is present with the claimed size.
     pub async fn put_manifest(
+        &self,
+        manifest: NewManifest<'_>,
+    ) -> Result<Result<(), ManifestRejection>> {
+        let outcome = self.put_manifest_uncached(manifest).await;
+        self.invalidate_manifests();
+        outcome
+    }
+
+    async fn put_manifest_uncached(
         &self,
         manifest: NewManifest<'_>,
     ) -> Result<Result<(), ManifestRejection>> {
@@ -670,6 +757,16 @@ impl MetaStore {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> Result<DeleteOutcome> {
+        let outcome = self.delete_manifest_uncached(repository, digest).await;
+        self.invalidate_manifests();
+        outcome
+    }
+
+    async fn delete_manifest_uncached(
+        &self,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<DeleteOutcome> {
         let digest = digest.to_string();
         let mut transaction = self.writer.begin().await?;
         let exists = sqlx::query("SELECT 1 FROM manifests WHERE repository = $1 AND digest = $2")
@@ -712,8 +809,9 @@ impl MetaStore {
             .bind(repository.as_str())
             .bind(tag)
             .execute(&self.writer)
-            .await?;
-        Ok(deleted.rows_affected() > 0)
+            .await;
+        self.invalidate_manifests();
+        Ok(deleted?.rows_affected() > 0)
     }
 
     /// Up to `limit` tags after `last`, in byte order.
@@ -864,7 +962,7 @@ fn stored_manifest(row: sqlx::any::AnyRow) -> StoredManifest {
     StoredManifest {
         digest: row.get(0),
         media_type: row.get(1),
-        content: row.get(2),
+        content: Bytes::from(row.get::<Vec<u8>, _>(2)),
     }
 }
 
@@ -953,6 +1051,19 @@ pub fn redact_url(url: &str) -> String {
     let user = userinfo.split(':').next().unwrap_or_default();
     let path = path.split('?').next().unwrap_or_default();
     format!("{scheme}://{user}:***@{host}{path}")
+}
+
+/// The file of a `sqlite:` URL, or `None` for another database or an
+/// in-memory one.
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, options) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.is_empty()
+        || path == ":memory:"
+        || options.split('&').any(|option| option == "mode=memory");
+    (!in_memory).then(|| std::path::PathBuf::from(path))
 }
 
 /// Unix seconds now, as the store records times.

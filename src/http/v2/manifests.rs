@@ -63,7 +63,7 @@ pub async fn get(
                 Some((target, converted)) => (
                     Digest::sha256_of(&converted).to_string(),
                     target.to_owned(),
-                    converted,
+                    converted.into(),
                 ),
                 None => (digest, media_type, content),
             }
@@ -153,7 +153,7 @@ async fn store_conversion(
         let conversion = StoredManifest {
             digest: digest.clone(),
             media_type: media_type.to_owned(),
-            content: bytes,
+            content: bytes.into(),
         };
         state
             .meta
