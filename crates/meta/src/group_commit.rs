@@ -27,6 +27,7 @@
 //! PostgreSQL needs none of this: concurrent transactions on separate
 //! connections already share WAL flushes there.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -66,7 +67,7 @@ enum Work {
     /// One SQL text (it may hold several statements) with its arguments;
     /// answered with the value its last returned row holds, if any.
     Statement {
-        sql: &'static str,
+        sql: Cow<'static, str>,
         arguments: AnyArguments<'static>,
         reply: oneshot::Sender<Result<Option<i64>>>,
     },
@@ -84,7 +85,7 @@ impl Work {
             } => replying_run(
                 move |connection| {
                     Box::pin(async move {
-                        let rows = sqlx::query_with(sql, arguments)
+                        let rows = sqlx::query_with(&sql, arguments)
                             .fetch_all(connection)
                             .await?;
                         Ok(last_value(&rows))
@@ -140,12 +141,12 @@ impl GroupCommitter {
     pub async fn write_statement(
         &self,
         durability: Durability,
-        sql: &'static str,
+        sql: impl Into<Cow<'static, str>>,
         arguments: AnyArguments<'static>,
     ) -> Result<Option<i64>> {
         let (reply, answer) = oneshot::channel::<Result<Option<i64>>>();
         let work = Work::Statement {
-            sql,
+            sql: sql.into(),
             arguments,
             reply,
         };
@@ -285,7 +286,7 @@ async fn commit_group(
 async fn commit_alone(
     connection: &mut sqlx::pool::PoolConnection<sqlx::Any>,
     relaxed: bool,
-    sql: &'static str,
+    sql: Cow<'static, str>,
     arguments: AnyArguments<'static>,
     reply: oneshot::Sender<Result<Option<i64>>>,
 ) -> std::result::Result<(), sqlx::Error> {

@@ -651,6 +651,27 @@ impl MetaStore {
         &self,
         manifest: NewManifest<'_>,
     ) -> Result<Result<(), ManifestRejection>> {
+        if let Some(committer) = &self.grouped {
+            if let Some((sql, arguments)) = put_manifest_sqlite(&manifest)? {
+                let stored = committer
+                    .write_statement(Durability::Durable, sql, arguments.0)
+                    .await?;
+                if stored == Some(1) {
+                    return Ok(Ok(()));
+                }
+                // Something it refers to is missing or of another size, and
+                // nothing was written: the checks below name what.
+            }
+        }
+        self.put_manifest_checked(manifest).await
+    }
+
+    /// `put_manifest` a statement at a time: each reference checked in
+    /// order, so a rejection names the first that fails.
+    async fn put_manifest_checked(
+        &self,
+        manifest: NewManifest<'_>,
+    ) -> Result<Result<(), ManifestRejection>> {
         let now = now();
         let repository = manifest.repository.as_str();
         let mut transaction = self.writer.begin().await?;
@@ -958,6 +979,115 @@ impl StatementArguments {
     }
 }
 
+/// The most parameters one SQLite statement may bind (SQLite's default
+/// limit is 32,766); a manifest needing more is stored statement by statement.
+const SQLITE_MAX_PARAMETERS: usize = 32_000;
+
+/// On SQLite, `put_manifest` as one SQL text for the group committer, so a
+/// manifest PUT costs one trip to the writer's thread (with its commit)
+/// instead of one per statement. Every statement is conditioned on the same
+/// check, that each blob and child manifest it refers to is in the
+/// repository with its claimed size, and the text ends by selecting that
+/// check: 1 when the manifest, its references and tags are stored, 0 when
+/// nothing was written. `None` when the manifest needs too many parameters.
+///
+/// Parameters: `$1` repository, `$2` digest, `$3` media type, `$4` artifact
+/// type, `$5` subject, `$6` annotations, `$7` size, `$8` content, `$9` now;
+/// then digest and size of each distinct blob, of each distinct child
+/// manifest, and each distinct tag. References are inserted whether or not
+/// the manifest was new: a manifest already stored has exactly these
+/// references already (its digest fixes its content), so they change nothing.
+fn put_manifest_sqlite(manifest: &NewManifest<'_>) -> Result<Option<(String, StatementArguments)>> {
+    let distinct_pairs = |references: &[ContentReference]| {
+        references
+            .iter()
+            .map(|reference| (reference.digest.to_string(), reference.size))
+            .collect::<BTreeSet<_>>()
+    };
+    let blobs = distinct_pairs(manifest.blobs);
+    let children = distinct_pairs(manifest.manifests);
+    let tags: BTreeSet<&String> = manifest.tags.iter().collect();
+    if 9 + 2 * (blobs.len() + children.len()) + tags.len() > SQLITE_MAX_PARAMETERS {
+        return Ok(None);
+    }
+    let mut arguments = StatementArguments::default()
+        .with(manifest.repository.as_str().to_owned())?
+        .with(manifest.digest.to_string())?
+        .with(manifest.media_type.to_owned())?
+        .with(manifest.artifact_type.map(str::to_owned))?
+        .with(manifest.subject.map(|subject| subject.to_string()))?
+        .with(manifest.annotations.clone())?
+        .with(manifest.content.len() as i64)?
+        .with(manifest.content.to_vec())?
+        .with(now())?;
+    let mut next = 10;
+    // The `(digest, size)` rows checked for blobs and for child manifests,
+    // and the `(kind, digest)` rows of `manifest_references`.
+    let (mut blob_rows, mut child_rows, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    for (rows, kind, pairs) in [
+        (&mut blob_rows, "blob", blobs),
+        (&mut child_rows, "manifest", children),
+    ] {
+        for (digest, size) in pairs {
+            rows.push(format!("(${next}, ${})", next + 1));
+            kinds.push(format!("('{kind}', ${next})"));
+            arguments = arguments.with(digest)?.with(size)?;
+            next += 2;
+        }
+    }
+    let mut tag_rows = Vec::new();
+    for tag in tags {
+        tag_rows.push(format!("(${next})"));
+        arguments = arguments.with(tag.clone())?;
+        next += 1;
+    }
+
+    let mut checks = Vec::new();
+    if !blob_rows.is_empty() {
+        checks.push(format!(
+            "(SELECT count(*) FROM repository_blobs JOIN blobs ON blobs.digest = repository_blobs.digest \
+             WHERE repository_blobs.repository = $1 AND (repository_blobs.digest, blobs.size) IN (VALUES {})) = {}",
+            blob_rows.join(", "),
+            blob_rows.len()
+        ));
+    }
+    if !child_rows.is_empty() {
+        checks.push(format!(
+            "(SELECT count(*) FROM manifests WHERE repository = $1 AND (digest, size) IN (VALUES {})) = {}",
+            child_rows.join(", "),
+            child_rows.len()
+        ));
+    }
+    let present = if checks.is_empty() {
+        "1".to_owned()
+    } else {
+        checks.join(" AND ")
+    };
+    let mut sql = format!(
+        "INSERT INTO repositories (name, created_at) SELECT $1, $9 WHERE {present} \
+         ON CONFLICT (name) DO NOTHING; \
+         INSERT INTO manifests (repository, digest, media_type, artifact_type, subject, annotations, size, content, created_at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE {present} ON CONFLICT (repository, digest) DO NOTHING; "
+    );
+    if !kinds.is_empty() {
+        sql.push_str(&format!(
+            "INSERT INTO manifest_references (repository, parent, kind, child) \
+             SELECT $1, $2, column1, column2 FROM (VALUES {}) WHERE {present} ON CONFLICT DO NOTHING; ",
+            kinds.join(", ")
+        ));
+    }
+    if !tag_rows.is_empty() {
+        sql.push_str(&format!(
+            "INSERT INTO tags (repository, name, digest, updated_at) \
+             SELECT $1, column1, $2, $9 FROM (VALUES {}) WHERE {present} \
+             ON CONFLICT (repository, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at; ",
+            tag_rows.join(", ")
+        ));
+    }
+    sql.push_str(&format!("SELECT {present}"));
+    Ok(Some((sql, arguments)))
+}
+
 fn stored_manifest(row: sqlx::any::AnyRow) -> StoredManifest {
     StoredManifest {
         digest: row.get(0),
@@ -1083,6 +1213,166 @@ mod tests {
         let url = format!("sqlite://{}/kai.db", directory.path().display());
         let meta = MetaStore::open(&url).await.unwrap();
         (directory, url, meta)
+    }
+
+    /// On SQLite a manifest PUT is one SQL text whose statements are all
+    /// conditioned on its references being present (`put_manifest_sqlite`).
+    /// Everything must take effect when they are, nothing when one is not,
+    /// and the rejection must name the first reference that fails.
+    #[tokio::test]
+    async fn a_manifest_is_stored_whole_or_not_at_all_with_the_first_missing_reference_named() {
+        use super::{ContentReference, DeleteOutcome, ManifestRejection, NewManifest};
+        use kai_oci::Digest;
+        let (_directory, _url, meta) = sqlite_store().await;
+        let repository: RepositoryName = "put/app".parse().unwrap();
+        let (config, layer) = (Digest::sha256_of(b"config"), Digest::sha256_of(b"layer"));
+        meta.link_blob(&repository, &config, 6).await.unwrap();
+        meta.link_blob(&repository, &layer, 5).await.unwrap();
+        let reference = |digest: &Digest, size: i64| ContentReference {
+            digest: digest.clone(),
+            size,
+        };
+        let put = |content: &'static [u8],
+                   blobs: Vec<ContentReference>,
+                   manifests: Vec<ContentReference>,
+                   tags: Vec<String>| {
+            let meta = meta.clone();
+            let repository = repository.clone();
+            async move {
+                let digest = Digest::sha256_of(content);
+                let outcome = meta
+                    .put_manifest(NewManifest {
+                        repository: &repository,
+                        digest: &digest,
+                        media_type: "application/vnd.oci.image.manifest.v1+json",
+                        content,
+                        artifact_type: None,
+                        subject: None,
+                        annotations: None,
+                        blobs: &blobs,
+                        manifests: &manifests,
+                        tags: &tags,
+                    })
+                    .await
+                    .unwrap();
+                (digest, outcome)
+            }
+        };
+        let tags = |names: &[&str]| names.iter().map(|name| name.to_string()).collect();
+
+        // Stored, with a blob listed twice and a tag given twice.
+        let (image, outcome) = put(
+            b"image",
+            vec![
+                reference(&config, 6),
+                reference(&layer, 5),
+                reference(&layer, 5),
+            ],
+            vec![],
+            tags(&["one", "two", "one"]),
+        )
+        .await;
+        assert_eq!(outcome, Ok(()));
+        for tag in ["one", "two"] {
+            let stored = meta.manifest_by_tag(&repository, tag).await.unwrap();
+            assert_eq!(stored.map(|stored| stored.digest), Some(image.to_string()));
+        }
+        assert_eq!(
+            meta.unlink_blob(&repository, &layer).await.unwrap(),
+            DeleteOutcome::ReferencedBy(image.to_string())
+        );
+
+        // An index listing it; then the image cannot be deleted alone.
+        let (index, outcome) =
+            put(b"index", vec![], vec![reference(&image, 5)], tags(&["one"])).await;
+        assert_eq!(outcome, Ok(()));
+        let moved = meta.manifest_by_tag(&repository, "one").await.unwrap();
+        assert_eq!(moved.map(|stored| stored.digest), Some(index.to_string()));
+        assert_eq!(
+            meta.delete_manifest(&repository, &image).await.unwrap(),
+            DeleteOutcome::ReferencedBy(index.to_string())
+        );
+
+        // Rejected: nothing of it is stored, and the first failing reference
+        // in the manifest's order is named.
+        let unknown = Digest::sha256_of(b"unknown");
+        let rejected = [
+            (
+                put(
+                    b"missing",
+                    vec![reference(&config, 6), reference(&unknown, 3)],
+                    vec![],
+                    tags(&["bad"]),
+                )
+                .await,
+                ManifestRejection::BlobUnknown(unknown.clone()),
+            ),
+            (
+                put(
+                    b"sized",
+                    vec![reference(&layer, 5), reference(&config, 7)],
+                    vec![],
+                    tags(&["bad"]),
+                )
+                .await,
+                ManifestRejection::SizeMismatch {
+                    digest: config.clone(),
+                    claimed: 7,
+                    stored: 6,
+                },
+            ),
+            (
+                put(
+                    b"twice",
+                    vec![reference(&layer, 5), reference(&layer, 4)],
+                    vec![],
+                    tags(&["bad"]),
+                )
+                .await,
+                ManifestRejection::SizeMismatch {
+                    digest: layer.clone(),
+                    claimed: 4,
+                    stored: 5,
+                },
+            ),
+            (
+                put(
+                    b"child",
+                    vec![],
+                    vec![reference(&unknown, 3)],
+                    tags(&["bad"]),
+                )
+                .await,
+                ManifestRejection::ManifestUnknown(unknown.clone()),
+            ),
+            (
+                put(
+                    b"child size",
+                    vec![],
+                    vec![reference(&image, 9)],
+                    tags(&["bad"]),
+                )
+                .await,
+                ManifestRejection::SizeMismatch {
+                    digest: image.clone(),
+                    claimed: 9,
+                    stored: 5,
+                },
+            ),
+        ];
+        for ((digest, outcome), expected) in rejected {
+            assert_eq!(outcome, Err(expected));
+            assert!(meta
+                .manifest_by_digest(&repository, &digest)
+                .await
+                .unwrap()
+                .is_none());
+        }
+        assert!(meta
+            .manifest_by_tag(&repository, "bad")
+            .await
+            .unwrap()
+            .is_none());
     }
 
     /// Finishing an upload ends its session and links the blob; linking
