@@ -133,6 +133,55 @@ pub struct NewManifest<'a> {
     pub tags: &'a [String],
 }
 
+/// A `NewManifest` that owns its parts, so that its write can run on a task
+/// of its own (see `MetaStore::write_manifests`).
+struct OwnedManifest {
+    repository: RepositoryName,
+    digest: Digest,
+    media_type: String,
+    content: Vec<u8>,
+    artifact_type: Option<String>,
+    subject: Option<Digest>,
+    annotations: Option<String>,
+    blobs: Vec<ContentReference>,
+    manifests: Vec<ContentReference>,
+    tags: Vec<String>,
+}
+
+impl From<NewManifest<'_>> for OwnedManifest {
+    fn from(manifest: NewManifest<'_>) -> Self {
+        OwnedManifest {
+            repository: manifest.repository.clone(),
+            digest: manifest.digest.clone(),
+            media_type: manifest.media_type.to_owned(),
+            content: manifest.content.to_vec(),
+            artifact_type: manifest.artifact_type.map(str::to_owned),
+            subject: manifest.subject.cloned(),
+            annotations: manifest.annotations,
+            blobs: manifest.blobs.to_vec(),
+            manifests: manifest.manifests.to_vec(),
+            tags: manifest.tags.to_vec(),
+        }
+    }
+}
+
+impl OwnedManifest {
+    fn view(&self) -> NewManifest<'_> {
+        NewManifest {
+            repository: &self.repository,
+            digest: &self.digest,
+            media_type: &self.media_type,
+            content: &self.content,
+            artifact_type: self.artifact_type.as_deref(),
+            subject: self.subject.as_ref(),
+            annotations: self.annotations.clone(),
+            blobs: &self.blobs,
+            manifests: &self.manifests,
+            tags: &self.tags,
+        }
+    }
+}
+
 /// Why a manifest was not stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestRejection {
@@ -630,12 +679,37 @@ impl MetaStore {
         Ok(found)
     }
 
-    /// Ends every cached answer of `manifest_by_tag` and `manifest_by_digest`.
-    /// Called after each write that may change what a tag or digest names,
-    /// whether it committed or not.
-    fn invalidate_manifests(&self) {
-        if let Some(cache) = &self.manifest_cache {
+    /// Runs `write`, which may change what a tag or digest names, and then
+    /// ends every cached answer of `manifest_by_tag` and `manifest_by_digest`,
+    /// whether it committed or not. With a cache, the write runs on a task of
+    /// its own: a client that disconnects drops its request's future, and a
+    /// write already queued would still commit, so the invalidation must not
+    /// depend on the caller waiting.
+    async fn write_manifests<T, W>(&self, write: W) -> Result<T>
+    where
+        T: Send + 'static,
+        W: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let Some(cache) = self.manifest_cache.clone() else {
+            return write.await;
+        };
+        let task = tokio::spawn(async move {
+            let outcome = write.await;
             cache.invalidate();
+            outcome
+        });
+        match task.await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                // The task panicked or was aborted: whatever it wrote, the
+                // cache must not outlive it.
+                if let Some(cache) = &self.manifest_cache {
+                    cache.invalidate();
+                }
+                Err(MetaError::NotCommitted(format!(
+                    "the manifest write stopped: {error}"
+                )))
+            }
         }
     }
 
@@ -645,9 +719,10 @@ impl MetaStore {
         &self,
         manifest: NewManifest<'_>,
     ) -> Result<Result<(), ManifestRejection>> {
-        let outcome = self.put_manifest_uncached(manifest).await;
-        self.invalidate_manifests();
-        outcome
+        let store = self.clone();
+        let manifest = OwnedManifest::from(manifest);
+        self.write_manifests(async move { store.put_manifest_uncached(manifest.view()).await })
+            .await
     }
 
     async fn put_manifest_uncached(
@@ -781,9 +856,11 @@ impl MetaStore {
         repository: &RepositoryName,
         digest: &Digest,
     ) -> Result<DeleteOutcome> {
-        let outcome = self.delete_manifest_uncached(repository, digest).await;
-        self.invalidate_manifests();
-        outcome
+        let (store, repository, digest) = (self.clone(), repository.clone(), digest.clone());
+        self.write_manifests(
+            async move { store.delete_manifest_uncached(&repository, &digest).await },
+        )
+        .await
     }
 
     async fn delete_manifest_uncached(
@@ -829,13 +906,20 @@ impl MetaStore {
 
     /// Removes a tag; the manifest stays. Returns whether the tag existed.
     pub async fn delete_tag(&self, repository: &RepositoryName, tag: &str) -> Result<bool> {
-        let deleted = sqlx::query("DELETE FROM tags WHERE repository = $1 AND name = $2")
-            .bind(repository.as_str())
-            .bind(tag)
-            .execute(&self.writer)
-            .await;
-        self.invalidate_manifests();
-        Ok(deleted?.rows_affected() > 0)
+        let (writer, repository, tag) = (
+            self.writer.clone(),
+            repository.as_str().to_owned(),
+            tag.to_owned(),
+        );
+        self.write_manifests(async move {
+            let deleted = sqlx::query("DELETE FROM tags WHERE repository = $1 AND name = $2")
+                .bind(repository)
+                .bind(tag)
+                .execute(&writer)
+                .await?;
+            Ok(deleted.rows_affected() > 0)
+        })
+        .await
     }
 
     /// Up to `limit` tags after `last`, in byte order.
@@ -1376,6 +1460,74 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+    }
+
+    /// A client that disconnects drops its request's future, possibly after
+    /// the write was queued. The write still commits, and a tag read before
+    /// must not be served from the manifest cache afterwards.
+    #[tokio::test]
+    async fn a_manifest_write_whose_caller_stops_waiting_still_empties_the_cache() {
+        use super::{NewManifest, StoredManifest};
+        use kai_oci::Digest;
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/kai.db", directory.path().display());
+        let meta = MetaStore::open_for_serving(&url, 1 << 20).await.unwrap();
+        let repository: RepositoryName = "cache/app".parse().unwrap();
+        let tags = vec!["latest".to_owned()];
+        let manifest = |content: &'static [u8], digest: &'static Digest| NewManifest {
+            repository: &repository,
+            digest,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            content,
+            artifact_type: None,
+            subject: None,
+            annotations: None,
+            blobs: &[],
+            manifests: &[],
+            tags: &tags,
+        };
+        let first: &'static Digest = Box::leak(Box::new(Digest::sha256_of(b"first")));
+        let second: &'static Digest = Box::leak(Box::new(Digest::sha256_of(b"second")));
+        let latest = |meta: MetaStore| {
+            let repository = repository.clone();
+            async move {
+                let stored: Option<StoredManifest> =
+                    meta.manifest_by_tag(&repository, "latest").await.unwrap();
+                stored.map(|stored| stored.digest)
+            }
+        };
+        assert_eq!(
+            meta.put_manifest(manifest(b"first", first)).await.unwrap(),
+            Ok(())
+        );
+        for _ in 0..2 {
+            assert_eq!(latest(meta.clone()).await, Some(first.to_string()));
+        }
+        // Poll the second PUT once, then drop it, as hyper does.
+        {
+            let put = meta.put_manifest(manifest(b"second", second));
+            tokio::pin!(put);
+            let waker = futures::task::noop_waker();
+            let mut context = std::task::Context::from_waker(&waker);
+            assert!(std::future::Future::poll(put.as_mut(), &mut context).is_pending());
+        }
+        // The write lands; then the tag names it.
+        let mut landed = false;
+        for _ in 0..200 {
+            if meta
+                .manifest_by_digest(&repository, second)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                landed = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(landed, "the dropped PUT's write was queued and commits");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(latest(meta.clone()).await, Some(second.to_string()));
     }
 
     /// Finishing an upload ends its session and links the blob; linking
