@@ -719,6 +719,10 @@ impl MetaStore {
         &self,
         manifest: NewManifest<'_>,
     ) -> Result<Result<(), ManifestRejection>> {
+        if self.manifest_cache.is_none() {
+            // Nothing to invalidate, so no task and no copy of the manifest.
+            return self.put_manifest_uncached(manifest).await;
+        }
         let store = self.clone();
         let manifest = OwnedManifest::from(manifest);
         self.write_manifests(async move { store.put_manifest_uncached(manifest.view()).await })
