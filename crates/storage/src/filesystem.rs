@@ -367,12 +367,36 @@ fn map_if_resident(_file: &File, _offset: u64, _length: u64) -> io::Result<Optio
 /// page cache, by `cachestat` (Linux 6.5 and later), which needs no mapping.
 /// `None` when the kernel lacks it or the call fails: the caller then asks
 /// `mincore`.
+#[cfg(target_os = "linux")]
+fn range_cached(file: &File, offset: u64, length: u64) -> Option<bool> {
+    let page = page_size()? as u64;
+    let counts = cachestat(file, offset, length)?;
+    // The kernel counts every page the range touches.
+    let pages = (offset + length - 1) / page - offset / page + 1;
+    Some(counts.cached >= pages)
+}
+
+/// `struct cachestat` of `<linux/mman.h>`: counts of pages in a range.
+#[cfg(target_os = "linux")]
+#[repr(C)]
+#[derive(Debug, Default)]
+struct Cachestat {
+    cached: u64,
+    dirty: u64,
+    writeback: u64,
+    evicted: u64,
+    recently_evicted: u64,
+}
+
+/// The page cache's counts for `length` bytes of `file` from `offset`, by
+/// `cachestat` (Linux 6.5 and later). `None` when the kernel lacks it, the
+/// call fails, or `length` is 0 (which would mean "to the end of the file").
 #[cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 #[allow(unsafe_code)]
-fn range_cached(file: &File, offset: u64, length: u64) -> Option<bool> {
+fn cachestat(file: &File, offset: u64, length: u64) -> Option<Cachestat> {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
     /// The same number on both architectures (the generic system call table).
@@ -385,21 +409,9 @@ fn range_cached(file: &File, offset: u64, length: u64) -> Option<bool> {
         offset: u64,
         length: u64,
     }
-    /// `struct cachestat`: counts of pages in the range.
-    #[repr(C)]
-    #[derive(Default)]
-    struct Cachestat {
-        cached: u64,
-        dirty: u64,
-        writeback: u64,
-        evicted: u64,
-        recently_evicted: u64,
-    }
-    // A length of 0 would mean "to the end of the file".
     if length == 0 || UNAVAILABLE.load(Ordering::Relaxed) {
         return None;
     }
-    let page = page_size()? as u64;
     let range = CachestatRange { offset, length };
     let mut counts = Cachestat::default();
     // SAFETY: cachestat reads `range` and writes `counts`, both live for the
@@ -419,16 +431,14 @@ fn range_cached(file: &File, offset: u64, length: u64) -> Option<bool> {
         }
         return None;
     }
-    // The kernel counts every page the range touches.
-    let pages = (offset + length - 1) / page - offset / page + 1;
-    Some(counts.cached >= pages)
+    Some(counts)
 }
 
 #[cfg(all(
     target_os = "linux",
     not(any(target_arch = "x86_64", target_arch = "aarch64"))
 ))]
-fn range_cached(_file: &File, _offset: u64, _length: u64) -> Option<bool> {
+fn cachestat(_file: &File, _offset: u64, _length: u64) -> Option<Cachestat> {
     None
 }
 
@@ -974,6 +984,44 @@ mod tests {
             read_range(&store, &digest, Some(range)).await,
             &content[17..=window + 99]
         );
+    }
+
+    /// A write made durable has no page of the staged file left dirty or
+    /// being written back, whether it was small enough to be written in one
+    /// call or streamed through the writer; nor has the committed blob.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_durable_write_leaves_no_page_unsynced() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = FilesystemStore::open(directory.path()).unwrap();
+        for (size, limit) in [(100_000usize, Some(100_000u64)), (300_000, None)] {
+            let content: Vec<u8> = (0..size).map(|index| (index % 241) as u8).collect();
+            let upload = UploadId::generate();
+            let body = futures::stream::iter(vec![Ok(Bytes::copy_from_slice(&content))]).boxed();
+            crate::suite::write_durably(&store, &upload, 0, body, limit).await;
+            let staged = File::open(store.upload_path(&upload)).unwrap();
+            let Some(counts) = cachestat(&staged, 0, size as u64) else {
+                eprintln!("skipped: this kernel has no cachestat (Linux 6.5)");
+                return;
+            };
+            assert_eq!(
+                (counts.dirty, counts.writeback),
+                (0, 0),
+                "{size} bytes staged: {counts:?}"
+            );
+            let digest = Digest::sha256_of(&content);
+            store
+                .commit_upload(&upload, size as u64, &digest)
+                .await
+                .unwrap();
+            let blob = File::open(store.blob_path(&digest)).unwrap();
+            let counts = cachestat(&blob, 0, size as u64).unwrap();
+            assert_eq!(
+                (counts.dirty, counts.writeback),
+                (0, 0),
+                "{size} bytes stored: {counts:?}"
+            );
+        }
     }
 
     #[tokio::test]
