@@ -47,8 +47,18 @@ const WRITE_QUEUE: usize = 2;
 /// than the overlap saves.
 const SMALL_WRITE: u64 = 128 * 1024;
 /// How many written bytes accumulate before the writeback thread is woken to
-/// sync them, so the fsync at the end finds little left to do.
+/// start writing them to the disk, so the sync at the end finds little left
+/// to do.
 const WRITEBACK_STEP: u64 = 1024 * 1024;
+/// How many written bytes the writeback thread lets accumulate between two
+/// syncs of its own, which flush the disk's cache; in between it only starts
+/// writeback. On a virtual disk whose host holds written blocks in its own
+/// cache until the guest flushes, a large write then reaches the host's
+/// storage while the network still delivers, instead of all at the final
+/// sync: writing 256 MiB here took 0.60-0.75 s with a sync every 1 to 32
+/// MiB, against 0.95-1.15 s with writeback started every MiB and one sync at
+/// the end. Where flushing is cheap, a sync per 4 MiB costs little.
+const SYNC_STEP: u64 = 4 * 1024 * 1024;
 
 pub struct FilesystemStore {
     root: PathBuf,
@@ -171,8 +181,10 @@ fn open_upload(path: &Path) -> Result<File> {
 
 /// An upload file being appended to: writes gathered into large system calls,
 /// and, once `WRITEBACK_STEP` bytes are written, a helper thread that keeps
-/// syncing the file while the writes go on. The disk then works while the
-/// network is still delivering, and the final `sync_data` is short.
+/// the disk writing the file while the writes go on: it starts writeback
+/// each time it is woken, and syncs once `SYNC_STEP` bytes came since its
+/// last sync. The disk then works while the network is still delivering,
+/// and the final `sync_data` is short.
 struct WritebackFile {
     output: BufWriter<File>,
     written: u64,
@@ -180,9 +192,12 @@ struct WritebackFile {
     syncer: Option<Syncer>,
 }
 
-/// A thread that syncs a file each time it is woken.
+/// A thread that starts writeback of a file, or syncs it, each time it is
+/// woken.
 struct Syncer {
     wake: std::sync::mpsc::SyncSender<()>,
+    /// The bytes in the file when the thread was last woken.
+    written: Arc<std::sync::atomic::AtomicU64>,
     thread: std::thread::JoinHandle<io::Result<()>>,
 }
 
@@ -206,18 +221,34 @@ impl WritebackFile {
             if self.syncer.is_none() {
                 let file = self.output.get_ref().try_clone()?;
                 let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+                let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let seen = written.clone();
                 let thread = std::thread::Builder::new()
                     .name("kai-writeback".into())
                     .spawn(move || -> io::Result<()> {
+                        let mut synced = 0;
                         while woken.recv().is_ok() {
-                            start_writeback(&file)?;
+                            let written = seen.load(std::sync::atomic::Ordering::Acquire);
+                            if written - synced >= SYNC_STEP {
+                                file.sync_data()?;
+                                synced = written;
+                            } else {
+                                start_writeback(&file)?;
+                            }
                         }
                         Ok(())
                     })?;
-                self.syncer = Some(Syncer { wake, thread });
+                self.syncer = Some(Syncer {
+                    wake,
+                    written,
+                    thread,
+                });
             }
             if let Some(syncer) = &self.syncer {
-                // A sync already pending covers these bytes too.
+                syncer
+                    .written
+                    .store(self.written, std::sync::atomic::Ordering::Release);
+                // A wake already pending covers these bytes too.
                 let _ = syncer.wake.try_send(());
             }
         }
@@ -235,7 +266,7 @@ impl WritebackFile {
             .output
             .into_inner()
             .map_err(|error| error.into_error())?;
-        if let Some(Syncer { wake, thread }) = self.syncer {
+        if let Some(Syncer { wake, thread, .. }) = self.syncer {
             drop(wake);
             thread
                 .join()
