@@ -124,25 +124,6 @@ pub fn fill_random(seed: u64, buffer: &mut [u8]) {
     }
 }
 
-/// This machine's SHA-256 speed on one core, in MiB/s: the best of five
-/// passes over 64 MiB with the `sha2` crate Kai hashes with. Issue #7 asks
-/// pushes for at least half of it; the best pass is the figure least
-/// lowered by other load on the machine (in one full run, five passes made
-/// just as the servers started measured half of what later passes did).
-pub fn single_core_sha256_mib_per_second() -> f64 {
-    const SIZE: usize = 64 * 1024 * 1024;
-    let mut data = vec![0u8; SIZE];
-    fill_random(7, &mut data);
-    (0..5)
-        .map(|_| {
-            let started = std::time::Instant::now();
-            let digest = Sha256::digest(&data);
-            std::hint::black_box(digest);
-            SIZE as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64()
-        })
-        .fold(0.0, f64::max)
-}
-
 /// `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))

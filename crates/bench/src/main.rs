@@ -9,6 +9,7 @@
 
 mod content;
 mod load;
+mod machine;
 mod registry;
 mod report;
 mod scenarios;
@@ -149,13 +150,20 @@ async fn run(args: Args) -> Result<bool> {
     let reference_version = command_output(&reference_binary, &["--version"])
         .unwrap_or_else(|_| "version unknown".into());
 
-    // The machine's SHA-256 speed, which pushes are judged against, is
-    // measured before the servers start and again after each round, while
-    // they are idle: the best figure is the one least lowered by other load.
+    // The machine's SHA-256 speed, which pushes are judged against, and its
+    // disk's rate of durable writes, which bounds them, are measured before
+    // the servers start and again after each round, while they are idle: the
+    // best figure is the one least lowered by other load. The smoke round
+    // spares the disk.
     let judges_pushes =
         scenarios.contains(&Scenario::PushMonolithic) || scenarios.contains(&Scenario::PushChunked);
     let sha256 = if judges_pushes {
         Some(measure_sha256("before the servers start").await?)
+    } else {
+        None
+    };
+    let disk = if judges_pushes && !args.smoke {
+        Some(measure_disk(&workdir, "before the servers start").await?)
     } else {
         None
     };
@@ -196,6 +204,7 @@ async fn run(args: Args) -> Result<bool> {
         resources: Vec::new(),
         big_blob: Vec::new(),
         sha256_mib_per_second: sha256,
+        disk_mib_per_second: disk,
         notes: Vec::new(),
         failures: Vec::new(),
     };
@@ -331,6 +340,10 @@ async fn run(args: Args) -> Result<bool> {
         if let Some(best) = results.sha256_mib_per_second {
             let sha256 = measure_sha256(&format!("after round {round}")).await?;
             results.sha256_mib_per_second = Some(best.max(sha256));
+        }
+        if let Some(best) = results.disk_mib_per_second {
+            let disk = measure_disk(&workdir, &format!("after round {round}")).await?;
+            results.disk_mib_per_second = Some(best.max(disk));
         }
     }
 
@@ -527,9 +540,24 @@ fn command_line() -> String {
 
 /// This machine's single-core SHA-256 speed now, printed with `when`.
 async fn measure_sha256(when: &str) -> Result<f64> {
-    let sha256 = tokio::task::spawn_blocking(content::single_core_sha256_mib_per_second).await?;
+    let sha256 = tokio::task::spawn_blocking(machine::single_core_sha256_mib_per_second).await?;
     eprintln!("kai-bench: single-core SHA-256 {when}: {sha256:.0} MiB/s");
     Ok(sha256)
+}
+
+/// The rate of durable writes of the disk under `workdir` now, printed with
+/// `when`.
+async fn measure_disk(workdir: &Path, when: &str) -> Result<f64> {
+    let directory = workdir.to_owned();
+    let disk =
+        tokio::task::spawn_blocking(move || machine::durable_write_mib_per_second(&directory))
+            .await?
+            .with_context(|| format!("measuring durable writes in {}", workdir.display()))?;
+    eprintln!(
+        "kai-bench: durable writes to the disk under {} {when}: {disk:.0} MiB/s",
+        workdir.display()
+    );
+    Ok(disk)
 }
 
 fn settings(
@@ -557,7 +585,7 @@ fn settings(
             reference.display()
         ),
         format!("storage: fresh filesystem directories under {} for each server", workdir.display()),
-        "durability: fsync before a write is acknowledged (Kai's default: blob bytes, directory entries and metadata commits; blobs of at most 64 KiB are stored in the metadata database by the synced commit that links them; only a new upload session's row is written unsynced; distribution's filesystem driver fsyncs each file it commits)".into(),
+        "durability: fsync before a write is acknowledged (Kai's default: blob bytes, directory entries and metadata commits; blobs of at most 64 KiB are stored in the metadata database by the synced commit that links them; only a new upload session's row is written unsynced; distribution's filesystem driver fsyncs each file it writes, in every PATCH the upload's data and hash state, as strace shows)".into(),
         "digests: verified by the server on every blob push and manifest PUT; pulls compared byte for byte by the client".into(),
         "logging: each server's default level, written to a log file in its temp dir (the reference logs every request at info)".into(),
         "client: in process, Rust reqwest/hyper over HTTP/1.1 keep-alive on loopback, bodies streamed from generated data".into(),
