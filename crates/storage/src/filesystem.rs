@@ -10,7 +10,7 @@
 //! synced; the directory entry is synced after the rename.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use futures::StreamExt;
 use kai_oci::{ContentHasher, Digest, DigestAlgorithm};
 
 use crate::progress::HashProgress;
+use crate::staged_file::StagedFile;
 use crate::{
     BlobStore, ByteRange, ByteStream, PendingWrite, Result, StorageError, UploadId, Written,
 };
@@ -32,10 +33,6 @@ use crate::{
 const MAP_WINDOW: u64 = 2 * 1024 * 1024;
 /// How many bytes one read of a staged upload asks for when it is rehashed.
 const READ_CHUNK: usize = 1024 * 1024;
-/// How many bytes the upload writer gathers from small received chunks before
-/// a write system call. A chunk at least this large is written straight from
-/// the received buffer, without a copy (`BufWriter` passes it through).
-const WRITE_BUFFER: usize = 64 * 1024;
 /// How many received chunks may wait for the writer and for the hasher. A
 /// chunk is at most a few hundred KiB (hyper's read buffer), so this bounds
 /// the memory one upload holds to a few MiB whatever the blob size. Two
@@ -46,19 +43,6 @@ const WRITE_QUEUE: usize = 2;
 /// hashed in one blocking call: for small blobs, thread hand-offs cost more
 /// than the overlap saves.
 const SMALL_WRITE: u64 = 128 * 1024;
-/// How many written bytes accumulate before the writeback thread is woken to
-/// start writing them to the disk, so the sync at the end finds little left
-/// to do.
-const WRITEBACK_STEP: u64 = 1024 * 1024;
-/// How many written bytes the writeback thread lets accumulate between two
-/// syncs of its own, which flush the disk's cache; in between it only starts
-/// writeback. On a virtual disk whose host holds written blocks in its own
-/// cache until the guest flushes, a large write then reaches the host's
-/// storage while the network still delivers, instead of all at the final
-/// sync: writing 256 MiB here took 0.60-0.75 s with a sync every 1 to 32
-/// MiB, against 0.95-1.15 s with writeback started every MiB and one sync at
-/// the end. Where flushing is cheap, a sync per 4 MiB costs little.
-const SYNC_STEP: u64 = 4 * 1024 * 1024;
 
 pub struct FilesystemStore {
     root: PathBuf,
@@ -137,33 +121,6 @@ fn create_shards(algorithm: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts writing `file`'s dirty pages to the disk, without waiting for them
-/// and without flushing the disk's cache: the final `sync_data` then finds
-/// little left to write and flushes once. (A `sync_data` here instead would
-/// flush the disk's cache every few MiB.)
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn start_writeback(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sync_file_range only reads the descriptor, which `file` keeps
-    // open for the duration of the call; offset 0 and length 0 mean the
-    // whole file.
-    let started =
-        unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    if started == 0 {
-        Ok(())
-    } else {
-        // A file system that cannot start writeback alone still syncs.
-        file.sync_data()
-    }
-}
-
-/// Elsewhere there is no way to start writeback alone; syncing does it.
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(file: &File) -> io::Result<()> {
-    file.sync_data()
-}
-
 fn sync_directory(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
@@ -177,104 +134,6 @@ fn open_upload(path: &Path) -> Result<File> {
             io::ErrorKind::NotFound => StorageError::UploadUnknown,
             _ => StorageError::Io(error),
         })
-}
-
-/// An upload file being appended to: writes gathered into large system calls,
-/// and, once `WRITEBACK_STEP` bytes are written, a helper thread that keeps
-/// the disk writing the file while the writes go on: it starts writeback
-/// each time it is woken, and syncs once `SYNC_STEP` bytes came since its
-/// last sync. The disk then works while the network is still delivering,
-/// and the final `sync_data` is short.
-struct WritebackFile {
-    output: BufWriter<File>,
-    written: u64,
-    unsynced: u64,
-    syncer: Option<Syncer>,
-}
-
-/// A thread that starts writeback of a file, or syncs it, each time it is
-/// woken.
-struct Syncer {
-    wake: std::sync::mpsc::SyncSender<()>,
-    /// The bytes in the file when the thread was last woken.
-    written: Arc<std::sync::atomic::AtomicU64>,
-    thread: std::thread::JoinHandle<io::Result<()>>,
-}
-
-impl WritebackFile {
-    fn new(file: File) -> Self {
-        WritebackFile {
-            output: BufWriter::with_capacity(WRITE_BUFFER, file),
-            written: 0,
-            unsynced: 0,
-            syncer: None,
-        }
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.output.write_all(bytes)?;
-        self.written += bytes.len() as u64;
-        self.unsynced += bytes.len() as u64;
-        if self.unsynced >= WRITEBACK_STEP {
-            self.unsynced = 0;
-            self.output.flush()?;
-            if self.syncer.is_none() {
-                let file = self.output.get_ref().try_clone()?;
-                let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-                let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                let seen = written.clone();
-                let thread = std::thread::Builder::new()
-                    .name("kai-writeback".into())
-                    .spawn(move || -> io::Result<()> {
-                        let mut synced = 0;
-                        while woken.recv().is_ok() {
-                            let written = seen.load(std::sync::atomic::Ordering::Acquire);
-                            if written - synced >= SYNC_STEP {
-                                file.sync_data()?;
-                                synced = written;
-                            } else {
-                                start_writeback(&file)?;
-                            }
-                        }
-                        Ok(())
-                    })?;
-                self.syncer = Some(Syncer {
-                    wake,
-                    written,
-                    thread,
-                });
-            }
-            if let Some(syncer) = &self.syncer {
-                syncer
-                    .written
-                    .store(self.written, std::sync::atomic::Ordering::Release);
-                // A wake already pending covers these bytes too.
-                let _ = syncer.wake.try_send(());
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes out the buffered bytes: the file then holds all of them.
-    fn flush(&mut self) -> io::Result<()> {
-        self.output.flush()
-    }
-
-    /// Stops the writeback thread and syncs the file.
-    fn sync(self) -> Result<()> {
-        let file = self
-            .output
-            .into_inner()
-            .map_err(|error| error.into_error())?;
-        if let Some(Syncer { wake, thread, .. }) = self.syncer {
-            drop(wake);
-            thread
-                .join()
-                .map_err(|_| io::Error::other("the writeback thread panicked"))??;
-        }
-        file.sync_data()?;
-        Ok(())
-    }
 }
 
 impl FilesystemStore {
@@ -411,10 +270,10 @@ fn range_cached(file: &File, offset: u64, length: u64) -> Option<bool> {
 #[cfg(target_os = "linux")]
 #[repr(C)]
 #[derive(Debug, Default)]
-struct Cachestat {
-    cached: u64,
-    dirty: u64,
-    writeback: u64,
+pub(crate) struct Cachestat {
+    pub(crate) cached: u64,
+    pub(crate) dirty: u64,
+    pub(crate) writeback: u64,
     evicted: u64,
     recently_evicted: u64,
 }
@@ -427,7 +286,7 @@ struct Cachestat {
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 #[allow(unsafe_code)]
-fn cachestat(file: &File, offset: u64, length: u64) -> Option<Cachestat> {
+pub(crate) fn cachestat(file: &File, offset: u64, length: u64) -> Option<Cachestat> {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
     /// The same number on both architectures (the generic system call table).
@@ -469,7 +328,7 @@ fn cachestat(file: &File, offset: u64, length: u64) -> Option<Cachestat> {
     target_os = "linux",
     not(any(target_arch = "x86_64", target_arch = "aarch64"))
 ))]
-fn cachestat(_file: &File, _offset: u64, _length: u64) -> Option<Cachestat> {
+pub(crate) fn cachestat(_file: &File, _offset: u64, _length: u64) -> Option<Cachestat> {
     None
 }
 
@@ -698,12 +557,12 @@ impl BlobStore for FilesystemStore {
         let (to_writer, mut writer_queue) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let (report_written, all_written) = tokio::sync::oneshot::channel::<u64>();
         let writer = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut output = WritebackFile::new(open_upload_at(&path, offset)?);
+            let mut output = StagedFile::new(open_upload_at(&path, offset)?, &path, offset);
             while let Some(chunk) = writer_queue.blocking_recv() {
                 output.write_all(&chunk)?;
             }
             output.flush()?;
-            let _ = report_written.send(output.written);
+            let _ = report_written.send(output.written());
             output.sync()
         });
         let (to_hasher, hashing) = match hasher {
@@ -995,7 +854,10 @@ mod tests {
             }
             mapped
         };
-        assert!(resident(&file), "a blob just written is in the page cache");
+        // Most of a blob was written around the page cache; reading it
+        // brings it in.
+        assert_eq!(read_range(&store, &digest, None).await, content);
+        assert!(resident(&file), "a blob just read is in the page cache");
         // The commit synced the file, so its clean pages can be dropped.
         // SAFETY: posix_fadvise only reads the descriptor `file` keeps open.
         let dropped =

@@ -11,6 +11,7 @@
 mod filesystem;
 mod object;
 mod progress;
+mod staged_file;
 #[cfg(test)]
 mod suite;
 
