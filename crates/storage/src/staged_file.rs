@@ -430,7 +430,10 @@ mod tests {
             return;
         };
         // Only the page of the 100-byte tail may be cached, and it is clean.
-        assert!(counts.cached <= 1, "{counts:?}");
+        assert!(
+            counts.cached <= 1,
+            "{counts:?}: the direct writes were cached; this test needs a disk-backed temporary directory, not tmpfs"
+        );
         assert_eq!((counts.dirty, counts.writeback), (0, 0), "{counts:?}");
         assert!(std::fs::read(&path).unwrap() == content);
     }
