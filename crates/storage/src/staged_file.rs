@@ -32,6 +32,9 @@ const DIRECT_ALIGNMENT: usize = 4096;
 /// is small, and the buffer is what an upload holds in memory on top of the
 /// received chunks.
 const WRITE_BUFFER: usize = 1024 * 1024;
+/// Without direct writes, a received piece at least this large is written
+/// as it is, and smaller ones are gathered first.
+const PASS_THROUGH: usize = 64 * 1024;
 /// How many written bytes the writeback thread lets accumulate between two
 /// syncs of its own. On a virtual disk whose host holds written blocks in
 /// its own cache until the guest flushes, a large write then reaches the
@@ -146,8 +149,9 @@ impl StagedFile {
                         bytes = &bytes[head..];
                         continue;
                     }
-                } else if bytes.len() >= WRITE_BUFFER {
-                    // Large enough to write as it is, without a copy.
+                } else if bytes.len() >= PASS_THROUGH {
+                    // Through the page cache, a piece this large is written
+                    // as it is, without a copy.
                     self.write_buffered(bytes)?;
                     return Ok(());
                 }
