@@ -585,7 +585,7 @@ fn settings(
             reference.display()
         ),
         format!("storage: fresh filesystem directories under {} for each server", workdir.display()),
-        "durability: fsync before a write is acknowledged (Kai's default: blob bytes, directory entries and metadata commits; blobs of at most 64 KiB are stored in the metadata database by the synced commit that links them; only a new upload session's row is written unsynced; distribution's filesystem driver fsyncs each file it writes, in every PATCH the upload's data and hash state, as strace shows)".into(),
+        "durability: fsync before a write is acknowledged (Kai's default: blob bytes, directory entries and metadata commits; blobs of at most 64 KiB are stored in the metadata database by the synced commit that links them; only a new upload session's row is written unsynced; Kai writes the whole blocks of an upload with O_DIRECT, around the page cache, and distribution through it; distribution's filesystem driver fsyncs each file it writes, in every PATCH the upload's data and hash state, as strace shows)".into(),
         "digests: verified by the server on every blob push and manifest PUT; pulls compared byte for byte by the client".into(),
         "logging: each server's default level, written to a log file in its temp dir (the reference logs every request at info)".into(),
         "client: in process, Rust reqwest/hyper over HTTP/1.1 keep-alive on loopback, bodies streamed from generated data".into(),
